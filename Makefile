@@ -1,0 +1,42 @@
+# Every target creates .venv and installs requirements.txt on demand (once, then only
+# when requirements.txt or pyproject.toml change).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+OUT    ?= reports/latest
+NB_TIMEOUT ?= 300
+
+.PHONY: help lab test unit notebooks report workbook clean
+
+help:
+	@echo "make lab     - start JupyterLab on notebooks/"
+	@echo "make test    - run every test: qlib unit tests and every notebook (nbval)"
+	@echo "make report  - evaluate the baseline and every recipe into $(OUT)/"
+	@echo "make clean   - remove .venv and cached models (data/ keeps its README)"
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -r requirements.txt
+	$(BIN)/python -m pip install --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env \
+		--nbval-cell-timeout=$(NB_TIMEOUT) --durations=15
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+notebooks: $(STAMP)
+	$(BIN)/python -m pytest notebooks --nbval-lax --nbval-current-env \
+		--nbval-cell-timeout=$(NB_TIMEOUT) --durations=0
+
+report: $(STAMP)
+	$(BIN)/python -m qlib report --out $(OUT)
+
+clean:
+	rm -rf $(VENV) data/models reports

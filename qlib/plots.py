@@ -1,0 +1,83 @@
+"""The figures notebooks and the report show (matplotlib; each returns its Figure).
+
+Introduced in notebook 00 (confusion matrix) and notebook 07 (trade-off plots).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["plot_confusion", "plot_tradeoff", "pareto_front"]
+
+
+def plot_confusion(confusion: Sequence[Sequence[int]], classes: Sequence[str] | None = None,
+                   title: str = "Confusion matrix (rows = true class)", normalize: bool = False):
+    """Heat map of a confusion matrix (num_classes, num_classes), counts written in the cells."""
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(confusion, dtype=float)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise ValueError(f"confusion must be square, got shape {cm.shape}")
+    shown = cm / np.maximum(cm.sum(1, keepdims=True), 1) if normalize else cm
+    classes = list(classes) if classes is not None else [str(i) for i in range(len(cm))]
+    fig, ax = plt.subplots(figsize=(5.5, 4.8))
+    im = ax.imshow(shown, cmap="Blues")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set(xticks=range(len(cm)), yticks=range(len(cm)), xticklabels=classes,
+           yticklabels=classes, xlabel="predicted", ylabel="true", title=title)
+    for i in range(len(cm)):
+        for j in range(len(cm)):
+            if cm[i, j]:
+                text = f"{shown[i, j]:.2f}" if normalize else f"{int(cm[i, j])}"
+                ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                        color="white" if shown[i, j] > shown.max() / 2 else "black")
+    fig.tight_layout()
+    return fig
+
+
+def pareto_front(cost: Sequence[float], quality: Sequence[float]) -> list[int]:
+    """Indices of the points no other point beats: lower-or-equal cost and higher-or-equal
+    quality, strictly better in one. Sorted by cost.
+
+    >>> pareto_front([1, 2, 3], [0.9, 0.8, 0.95])
+    [0, 2]
+    """
+    c, q = np.asarray(cost, float), np.asarray(quality, float)
+    if c.shape != q.shape:
+        raise ValueError(f"cost and quality must have the same length, got {c.shape} and "
+                         f"{q.shape}")
+    keep = [i for i in range(len(c))
+            if not np.any((c <= c[i]) & (q >= q[i]) & ((c < c[i]) | (q > q[i])))]
+    return sorted(keep, key=lambda i: (c[i], -q[i]))
+
+
+def plot_tradeoff(rows: Sequence[dict], x: str = "size_bytes", y: str = "accuracy", *,
+                  log_x: bool = True, title: str | None = None):
+    """Scatter of report rows (dicts with ``name`` and the two keys), Pareto front drawn.
+
+    ``x`` is a cost (smaller is better: ``size_bytes``, ``latency_ms``); ``y`` a quality.
+    """
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        raise ValueError("no rows to plot")
+    xs = np.array([r[x] for r in rows], float)
+    ys = np.array([r[y] for r in rows], float) * (100 if y in ("accuracy", "f1") else 1)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ax.scatter(xs, ys, color="tab:blue", zorder=3)
+    for r, xi, yi in zip(rows, xs, ys):
+        ax.annotate(r["name"], (xi, yi), fontsize=8, xytext=(4, 3), textcoords="offset points")
+    front = pareto_front(xs, ys)
+    ax.step(xs[front], ys[front], where="post", color="tab:orange", label="Pareto front",
+            zorder=2)
+    if log_x:
+        ax.set_xscale("log")
+    unit = {"size_bytes": "size on disk (bytes)", "latency_ms": "latency, batch 1 (ms)"}
+    ax.set(xlabel=unit.get(x, x), ylabel=f"{y} (%)" if y in ("accuracy", "f1") else y,
+           title=title or f"{y} vs {x}")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig

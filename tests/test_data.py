@@ -1,0 +1,142 @@
+import gzip
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from qlib import data as qdata
+from qlib.data import DownloadError, calibration_batches, load_dataset, load_torchvision
+
+
+def test_embedded_split_sizes_and_shapes(data):
+    assert (len(data.train), len(data.val), len(data.test)) == (3500, 500, 1000)
+    assert data.input_shape == (1, 28, 28) and data.num_classes == 10
+    x, y = data.test.tensors
+    assert x.dtype == torch.float32 and y.dtype == torch.int64
+    assert abs(float(data.train.tensors[0].mean())) < 0.2  # normalised around 0
+
+
+def test_embedded_split_is_stratified_and_disjoint(data):
+    for split, n in ((data.train, 350), (data.val, 50), (data.test, 100)):
+        assert torch.bincount(split.tensors[1], minlength=10).tolist() == [n] * 10
+    # no image appears in two splits (the sample has no exact duplicates)
+    flat = {s: {hash(r.numpy().tobytes()) for r in getattr(data, s).tensors[0]}
+            for s in ("train", "val", "test")}
+    assert not (flat["train"] & flat["test"]) and not (flat["val"] & flat["test"])
+
+
+def test_embedded_split_is_deterministic(data):
+    again = qdata.load_embedded.__wrapped__()  # bypass the in-process cache
+    for a, b in zip(data.test.tensors + data.train.tensors, again.test.tensors +
+                    again.train.tensors):
+        assert torch.equal(a, b)
+    other = qdata.load_embedded.__wrapped__(seed=1)
+    assert not torch.equal(other.test.tensors[0], data.test.tensors[0])
+
+
+def test_loader_shuffles_train_only_and_is_seeded(data):
+    first = lambda ld: next(iter(ld))[1]  # noqa: E731
+    assert torch.equal(first(data.loader("train", 32)), first(data.loader("train", 32)))
+    assert torch.equal(first(data.loader("test", 32)), data.test.tensors[1][:32])
+    assert not torch.equal(first(data.loader("train", 32, seed=1)),
+                           first(data.loader("train", 32)))
+
+
+def test_calibration_batches(data):
+    batches = calibration_batches(data, 100, 32)
+    assert [len(b) for b in batches] == [32, 32, 32, 4]
+    with pytest.raises(ValueError, match="empty calibration set"):
+        calibration_batches(data, 0)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: load_dataset("imagenet"), "unknown dataset 'imagenet'; allowed"),
+    (lambda: load_torchvision("svhn"), "unknown torchvision dataset"),
+    (lambda: qdata.stratified_split(np.zeros(5), (10,)), "sum to at most 5"),
+])
+def test_bad_input(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_bad_split_and_batch(data):
+    with pytest.raises(ValueError, match="'train', 'val' or 'test'"):
+        data.loader("dev")
+    with pytest.raises(ValueError, match="batch_size"):
+        data.loader("train", 0)
+
+
+# --- the torchvision path, offline, on small files in the real on-disk formats ----------
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """IDX format (MNIST): magic (0, 0, dtype=0x08, ndim), big-endian dims, then uint8 data."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(
+        f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def _fake_mnist(root: Path, folder: str, n_train=60, n_test=20, seed=0) -> None:
+    rng = np.random.default_rng(seed)
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+
+
+@pytest.mark.parametrize("name, folder", [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")])
+def test_torchvision_mnist_format_offline(tmp_path, name, folder):
+    _fake_mnist(tmp_path, folder)
+    s = load_torchvision(name, tmp_path, download=False, val_size=10)
+    assert (len(s.train), len(s.val), len(s.test)) == (50, 10, 20)
+    assert s.input_shape == (1, 28, 28) and s.num_classes == 10
+    assert torch.bincount(s.val.tensors[1], minlength=10).tolist() == [1] * 10
+
+
+def test_torchvision_cifar_format_offline(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:  # the pickled dicts of the real archive: data (N, 3072) uint8, labels
+        batch = {"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8),
+                 "labels": list(np.arange(20) % 10)}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(pickle.dumps(
+        {"label_names": [f"class{i}" for i in range(10)]}))
+    # the real files are checked against fixed MD5 sums; ours cannot match them, so the
+    # check becomes "the file exists"
+    import torchvision.datasets.cifar as tv_cifar
+
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda path, md5=None: Path(path).is_file())
+    s = load_torchvision("cifar10", tmp_path, download=False, val_size=20)
+    assert (len(s.train), len(s.val), len(s.test)) == (80, 20, 20)
+    assert s.input_shape == (3, 32, 32) and s.classes[0] == "class0"
+
+
+def test_missing_files_without_download(tmp_path):
+    with pytest.raises(DownloadError, match="load_dataset\\('embedded'\\)"):
+        load_torchvision("mnist", tmp_path / "nothing", download=False)
+
+
+def test_failed_download_leaves_nothing_and_says_why(tmp_path, monkeypatch):
+    import torchvision.datasets as tvd
+
+    def broken_download(self):  # writes half a file, then the connection drops
+        raw = Path(self.raw_folder)
+        raw.mkdir(parents=True, exist_ok=True)
+        with gzip.open(raw / "train-images-idx3-ubyte.gz", "wb") as f:
+            f.write(b"\x00" * 100)
+        raise OSError("connection refused")
+
+    monkeypatch.setattr(tvd.MNIST, "download", broken_download)
+    root = tmp_path / "mnist"
+    with pytest.raises(DownloadError) as info:
+        load_torchvision("mnist", root)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "connection refused" in message and "load_dataset('embedded')" in message
+    assert list(tmp_path.iterdir()) == []  # no partial file or folder left behind

@@ -1,0 +1,116 @@
+import pytest
+import torch
+
+import qlib
+from qlib import train as qtrain
+from qlib.train import (evaluate, fit, get_trained, load_checkpoint, random_shift,
+                        save_checkpoint)
+
+FAST = dict(model="student", epochs=1, progress=False)  # a ~7k-parameter net, one epoch
+
+
+def test_baseline_reaches_98_percent(baseline, data):
+    r = evaluate(baseline, data.loader("test", 500))
+    assert r["accuracy"] >= 0.98, r["accuracy"]
+    assert r["f1"] >= 0.98
+
+
+def test_same_seed_same_weights(tmp_path):
+    a, _ = get_trained(cache_dir=tmp_path / "a", **FAST)
+    b, _ = get_trained(cache_dir=tmp_path / "b", **FAST)
+    c, _ = get_trained(cache_dir=tmp_path / "c", seed=1, **FAST)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k
+    assert not torch.equal(a.features[0].weight, c.features[0].weight)
+
+
+def test_cache_is_used_then_corrupt_cache_rebuilt(tmp_path, capsys):
+    model, _ = get_trained(cache_dir=tmp_path, **FAST)
+    (path,) = tmp_path.glob("*.pt")
+    stamp = path.stat().st_mtime_ns
+    again, _ = get_trained(cache_dir=tmp_path, **FAST)
+    assert path.stat().st_mtime_ns == stamp  # loaded, not retrained
+    assert torch.equal(model.features[0].weight, again.features[0].weight)
+    path.write_bytes(b"this is not a checkpoint")
+    rebuilt, _ = get_trained(cache_dir=tmp_path, **FAST)
+    assert "unusable" in capsys.readouterr().out
+    assert torch.equal(model.features[0].weight, rebuilt.features[0].weight)
+    assert load_checkpoint(path)["recipe"]["model"] == "student"
+
+
+def test_mismatched_cache_rebuilt(tmp_path, capsys):
+    get_trained(cache_dir=tmp_path, **FAST)
+    (path,) = tmp_path.glob("*.pt")
+    ckpt = load_checkpoint(path)
+    # a checkpoint whose weights do not fit the architecture (wrong shapes)
+    ckpt["state_dict"] = {k: v[:1] if v.ndim else v for k, v in ckpt["state_dict"].items()}
+    save_checkpoint(ckpt, path)
+    model, _ = get_trained(cache_dir=tmp_path, **FAST)
+    assert "unusable" in capsys.readouterr().out
+    assert model.features[0].weight.shape[0] == 4
+    # a checkpoint written under another recipe is not trusted either
+    ckpt = load_checkpoint(path)
+    ckpt["recipe"] = {**ckpt["recipe"], "epochs": 99}
+    save_checkpoint(ckpt, path)
+    get_trained(cache_dir=tmp_path, **FAST)
+    assert "unusable" in capsys.readouterr().out
+
+
+def test_checkpoint_round_trip_and_weights_only(tmp_path):
+    obj = {"state_dict": qlib.models.course_model().state_dict(), "recipe": {"a": 1}}
+    path = save_checkpoint(obj, tmp_path / "sub" / "m.pt")
+    back = load_checkpoint(path)
+    assert back["recipe"] == {"a": 1}
+    assert all(torch.equal(obj["state_dict"][k], v) for k, v in back["state_dict"].items())
+    assert [p.name for p in path.parent.iterdir()] == ["m.pt"]  # no temp file left
+    # arbitrary pickled objects are refused by weights_only=True
+    torch.save({"fn": print}, tmp_path / "evil.pt")
+    with pytest.raises(Exception):
+        load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_failed_write_keeps_old_file(tmp_path, monkeypatch):
+    path = save_checkpoint({"v": torch.tensor(1)}, tmp_path / "m.pt")
+
+    def crash(obj, f):
+        f.write(b"half")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(qtrain.torch, "save", crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_checkpoint({"v": torch.tensor(2)}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["v"].item() == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+
+
+def test_random_shift():
+    g = torch.Generator().manual_seed(0)
+    x = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).view(2, 1, 6, 6)
+    assert torch.equal(random_shift(x, 0), x)
+    y = random_shift(x, 2, g)
+    assert y.shape == x.shape
+    # every output row is a (clamped) window of the input: values come from the input
+    assert set(y.unique().tolist()) <= set(x.unique().tolist())
+
+
+def test_fit_reduces_loss_and_rejects_bad_input(data):
+    qlib.set_seed(0)
+    model = qlib.models.student_model()
+    hist = fit(model, data.loader("train", 64), epochs=3, progress=False,
+               val_loader=data.loader("val", 500))
+    assert hist["loss"][-1] < hist["loss"][0]
+    assert len(hist["val_accuracy"]) == 3 and hist["val_accuracy"][-1] > 0.8
+    with pytest.raises(ValueError, match="epochs"):
+        fit(model, data.loader("train"), epochs=0)
+    empty = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(
+        torch.zeros(0, 1, 28, 28), torch.zeros(0, dtype=torch.long)))
+    with pytest.raises(ValueError, match="no batches"):
+        fit(model, empty, epochs=1)
+
+
+def test_evaluate_accepts_callables(baseline, data):
+    ev_module = evaluate(baseline, data.loader("test", 256))
+    ev_fn = evaluate(lambda x: baseline(x), data.loader("test", 256))
+    assert ev_module["accuracy"] == ev_fn["accuracy"]
+    assert ev_module["logits"].shape == (1000, 10)
