@@ -290,7 +290,8 @@ def peak_memory(model: nn.Module | Callable[..., Any], example_input: Inputs) ->
     if isinstance(model, nn.Module):
         for t in list(model.parameters()) + list(model.buffers()):
             weights[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-    in_bytes = sum(a.nbytes if isinstance(a, np.ndarray) else a.untyped_storage().nbytes()
+    # the input's own bytes (a slice x[:1] of a big tensor shares its storage: count the slice)
+    in_bytes = sum(a.nbytes if isinstance(a, np.ndarray) else a.numel() * a.element_size()
                    for a in args if isinstance(a, (Tensor, np.ndarray)))
     w = sum(weights.values())
     return {"weights_bytes": int(w), "input_bytes": int(in_bytes),
