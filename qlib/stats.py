@@ -1,0 +1,164 @@
+"""Is a difference real? Confidence intervals, paired tests, fidelity and calibration.
+
+Introduced in notebook 07. A compressed model that scores 98.0% against the baseline's
+98.3% on 1,000 test images differs by 3 images; whether that means anything depends on
+*which* images. These tools answer that question:
+
+- :func:`bootstrap_ci`: percentile bootstrap interval of accuracy (resample test images).
+- :func:`paired_bootstrap`: interval of the accuracy *difference* of two models scored on
+  the same images (resampling pairs keeps the correlation between them).
+- :func:`mcnemar`: exact McNemar test on the discordant pairs b (A right, B wrong) and
+  c (A wrong, B right): under H0 each discordant image is a fair coin, so
+  ``p = min(1, 2 * P[Binomial(b + c, 1/2) <= min(b, c)])``.
+- :func:`output_kl`: mean KL(p_ref || p_other) between two models' softmax outputs.
+- :func:`expected_calibration_error`: ``ECE = sum_m |B_m|/n * |acc(B_m) - conf(B_m)|``
+  over equal-width confidence bins B_m.
+
+>>> mcnemar([1, 1, 1, 0], [1, 0, 0, 0])["p_value"]   # b=2, c=0
+0.5
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from math import comb
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["bootstrap_ci", "paired_bootstrap", "mcnemar", "output_kl",
+           "expected_calibration_error", "reliability_bins", "imbalanced_indices"]
+
+BoolLike = Tensor | np.ndarray | Sequence[int] | Sequence[bool]
+
+
+def _bool(x: BoolLike, name: str) -> np.ndarray:
+    a = x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+    if a.ndim != 1 or a.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-d array of per-image correctness, "
+                         f"got shape {a.shape}")
+    if not np.isin(a, (0, 1)).all():
+        raise ValueError(f"{name} must hold only 0/1 or False/True (is the prediction right?)")
+    return a.astype(bool)
+
+
+def _check_boot(n_boot: int, confidence: float) -> None:
+    if n_boot < 100:
+        raise ValueError(f"n_boot must be >= 100 for a usable interval, got {n_boot}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+
+
+def bootstrap_ci(correct: BoolLike, *, n_boot: int = 2000, confidence: float = 0.95,
+                 seed: int = 0) -> tuple[float, float, float]:
+    """Accuracy and its percentile-bootstrap interval: ``(accuracy, low, high)``.
+
+    ``correct`` (N,) is 1 where the model is right. Each of ``n_boot`` resamples draws N
+    images with replacement; the interval is the (1-confidence)/2 and (1+confidence)/2
+    quantiles of the resampled accuracies.
+    """
+    c = _bool(correct, "correct")
+    _check_boot(n_boot, confidence)
+    rng = np.random.default_rng(seed)
+    accs = c[rng.integers(0, len(c), (n_boot, len(c)))].mean(1)
+    lo, hi = np.quantile(accs, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return float(c.mean()), float(lo), float(hi)
+
+
+def paired_bootstrap(correct_a: BoolLike, correct_b: BoolLike, *, n_boot: int = 2000,
+                     confidence: float = 0.95, seed: int = 0) -> dict:
+    """Accuracy difference A - B on the same images with a paired bootstrap interval.
+
+    Returns ``{"diff", "low", "high", "p_value"}``; ``p_value`` is the two-sided bootstrap
+    p-value of "no difference" (twice the smaller tail mass at 0, at most 1).
+    """
+    a, b = _bool(correct_a, "correct_a"), _bool(correct_b, "correct_b")
+    if a.shape != b.shape:
+        raise ValueError(f"both models must be scored on the same images, got {len(a)} and "
+                         f"{len(b)}")
+    _check_boot(n_boot, confidence)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(a), (n_boot, len(a)))
+    diffs = a[idx].mean(1) - b[idx].mean(1)
+    lo, hi = np.quantile(diffs, [(1 - confidence) / 2, (1 + confidence) / 2])
+    tail = min((diffs <= 0).mean(), (diffs >= 0).mean())
+    return dict(diff=float(a.mean() - b.mean()), low=float(lo), high=float(hi),
+                p_value=float(min(1.0, 2 * tail)))
+
+
+def mcnemar(correct_a: BoolLike, correct_b: BoolLike) -> dict:
+    """Exact McNemar test: are A and B equally accurate on the same images?
+
+    Only discordant images count: ``b`` = A right & B wrong, ``c`` = A wrong & B right.
+    Returns ``{"b", "c", "p_value"}`` (two-sided exact binomial, as scipy's ``binomtest``).
+    """
+    a, bb = _bool(correct_a, "correct_a"), _bool(correct_b, "correct_b")
+    if a.shape != bb.shape:
+        raise ValueError(f"both models must be scored on the same images, got {len(a)} and "
+                         f"{len(bb)}")
+    b, c = int((a & ~bb).sum()), int((~a & bb).sum())
+    n, k = b + c, min(b, c)
+    tail = sum(comb(n, i) for i in range(k + 1)) / 2 ** n if n else 1.0
+    return dict(b=b, c=c, p_value=float(min(1.0, 2 * tail)))
+
+
+def output_kl(logits_ref: Tensor, logits_other: Tensor) -> float:
+    """Mean over images of KL(softmax(ref) || softmax(other)) in nats; 0 when they agree."""
+    if logits_ref.shape != logits_other.shape or logits_ref.ndim != 2:
+        raise ValueError(f"logits must both be (N, classes), got {tuple(logits_ref.shape)} "
+                         f"and {tuple(logits_other.shape)}")
+    log_p = torch.log_softmax(logits_ref.double(), 1)
+    log_q = torch.log_softmax(logits_other.double(), 1)
+    return float((log_p.exp() * (log_p - log_q)).sum(1).mean())
+
+
+def reliability_bins(logits: Tensor, labels: Tensor, n_bins: int = 15) -> dict:
+    """Per confidence bin: ``count``, mean ``confidence`` and ``accuracy`` (arrays of n_bins).
+
+    Confidence is the top softmax probability; bin m holds confidences in
+    ((m-1)/n_bins, m/n_bins]. Empty bins have count 0 and NaN means.
+    """
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    if logits.ndim != 2 or len(logits) != len(labels):
+        raise ValueError(f"logits must be (N, classes) with N labels, got "
+                         f"{tuple(logits.shape)} and {len(labels)} labels")
+    probs = torch.softmax(logits.double(), 1)
+    conf, pred = probs.max(1)
+    right = (pred == labels).double()
+    which = torch.clamp(torch.ceil(conf * n_bins).long() - 1, 0, n_bins - 1)
+    count = torch.bincount(which, minlength=n_bins).double()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = (torch.bincount(which, conf, n_bins) / count).numpy()
+        acc = (torch.bincount(which, right, n_bins) / count).numpy()
+    return dict(count=count.numpy().astype(int), confidence=mean_conf, accuracy=acc)
+
+
+def expected_calibration_error(logits: Tensor, labels: Tensor, n_bins: int = 15) -> float:
+    """ECE: the bin-weighted mean gap between confidence and accuracy (0 = calibrated)."""
+    bins = reliability_bins(logits, labels, n_bins)
+    w = bins["count"] / bins["count"].sum()
+    gap = np.nan_to_num(np.abs(bins["accuracy"] - bins["confidence"]))
+    return float((w * gap).sum())
+
+
+def imbalanced_indices(labels: Tensor, fractions: Sequence[float], *, seed: int = 0
+                       ) -> Tensor:
+    """Indices of a subset keeping ``fractions[c]`` of each class c (seeded).
+
+    Used in notebook 07 to make an imbalanced test split on purpose, where accuracy and
+    macro F1 disagree. ``fractions`` has one entry in [0, 1] per class.
+    """
+    labels = torch.as_tensor(labels)
+    if any(not 0 <= f <= 1 for f in fractions):
+        raise ValueError(f"fractions must lie in [0, 1], got {list(fractions)}")
+    if int(labels.max()) >= len(fractions):
+        raise ValueError(f"need one fraction per class ({int(labels.max()) + 1}), got "
+                         f"{len(fractions)}")
+    gen = torch.Generator().manual_seed(seed)
+    keep = []
+    for c, f in enumerate(fractions):
+        idx = torch.nonzero(labels == c).flatten()
+        keep.append(idx[torch.randperm(len(idx), generator=gen)[:round(f * len(idx))]])
+    return torch.cat(keep).sort().values
