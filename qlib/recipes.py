@@ -98,44 +98,58 @@ def baseline_variant(baseline: nn.Module) -> Variant:
     return Variant.from_module("baseline", "fp32", baseline)
 
 
-def evaluate_variant(variant: Variant, data: Splits, reference_preds: Tensor | None = None,
+def evaluate_variant(variant: Variant, data: Splits, reference: dict | None = None,
                      *, latency_repeats: int = 50) -> dict:
-    """One report row: test metrics, size, batch-1 latency, counts and agreement.
+    """One report row: test metrics, their uncertainty, size, latency, counts and fidelity.
 
     Keys: ``name, technique, accuracy, precision, recall, f1`` (fractions, macro),
-    ``size_bytes, latency_ms`` (batch-1 median), ``latency_p90_ms, params, nonzeros,
-    agreement`` (with ``reference_preds``; 1.0 when none is given), ``per_class`` and
-    ``extra``.
+    ``accuracy_ci`` (95% bootstrap interval), ``ece`` (calibration error), ``size_bytes,
+    latency_ms`` (batch-1 median, 1 thread), ``latency_p90_ms, params, nonzeros``, and,
+    against ``reference`` (the baseline's row): ``agreement`` (top-1, 1.0 without a
+    reference), ``mcnemar_p`` and ``output_kl``; plus ``per_class`` and ``extra``.
+    In-memory only (dropped from report.json): ``preds``, ``logits``, ``labels``.
     """
     from .bench import measure_latency
     from .metrics import agreement
+    from .stats import bootstrap_ci, expected_calibration_error, mcnemar, output_kl
     from .train import evaluate
 
     ev = evaluate(variant.model, data.loader("test", 256), data.num_classes)
     x1 = data.test.tensors[0][:1]
     lat = measure_latency(variant.model, x1, repeats=latency_repeats, threads=1)
-    agree = 1.0 if reference_preds is None else agreement(ev["preds"], reference_preds)
-    return dict(
+    correct = (ev["preds"] == ev["labels"]).numpy()
+    row = dict(
         name=variant.name, technique=variant.technique, accuracy=ev["accuracy"],
         precision=ev["precision"], recall=ev["recall"], f1=ev["f1"],
+        accuracy_ci=list(bootstrap_ci(correct)[1:]),
+        ece=expected_calibration_error(ev["logits"], ev["labels"]),
         size_bytes=int(variant.size_bytes), latency_ms=lat["median_ms"],
         latency_p90_ms=lat["p90_ms"], params=int(variant.params),
-        nonzeros=int(variant.nonzeros), agreement=agree, per_class=ev["per_class"],
-        extra=variant.extra, preds=ev["preds"],
+        nonzeros=int(variant.nonzeros), agreement=1.0, mcnemar_p=1.0, output_kl=0.0,
+        per_class=ev["per_class"], extra=variant.extra,
+        preds=ev["preds"], logits=ev["logits"], labels=ev["labels"],
     )
+    if reference is not None:
+        ref_correct = (reference["preds"] == reference["labels"]).numpy()
+        row.update(agreement=agreement(ev["preds"], reference["preds"]),
+                   mcnemar_p=mcnemar(correct, ref_correct)["p_value"],
+                   output_kl=output_kl(reference["logits"], ev["logits"]))
+    return row
 
 
 def run_recipe(name: str, baseline: nn.Module | None = None, data: Splits | None = None,
                *, evaluate: bool = True) -> tuple[Variant, dict | None]:
     """Build one registered recipe's variant (from the cached baseline by default) and,
     unless ``evaluate=False``, its report row (agreement measured against the baseline)."""
-    from .train import evaluate as _evaluate, get_baseline
+    from .train import get_baseline
 
     recipes = load_recipes()
     if name not in recipes:
         raise ValueError(f"unknown recipe {name!r}; registered: {sorted(recipes)}")
     if baseline is None or data is None:
         baseline, data = get_baseline()
-    ref = _evaluate(baseline, data.loader("test", 256))["preds"]
     variant = recipes[name].fn(baseline, data)
-    return variant, (evaluate_variant(variant, data, ref) if evaluate else None)
+    if not evaluate:
+        return variant, None
+    ref = evaluate_variant(baseline_variant(baseline), data, latency_repeats=5)
+    return variant, evaluate_variant(variant, data, ref)

@@ -4,11 +4,14 @@ Introduced in notebook 00; read in notebook 07. ``python -m qlib report --out DI
 ``make report``) writes
 
 - ``DIR/report.json``: ``{"baseline": {...}, "variants": [{...}, ...], "failed": [...],
-  "meta": {...}}``; each row has ``name, technique, accuracy, precision, recall, f1``
-  (fractions, macro averages), ``size_bytes, latency_ms`` (batch-1 median), ``params,
-  nonzeros, agreement`` (with the baseline's test predictions) and more;
-- ``DIR/report.md``: the same as a table;
-- ``DIR/accuracy_vs_size.png`` and ``DIR/accuracy_vs_latency.png``.
+  "pareto": {...}, "meta": {...}}``; each row has ``name, technique, accuracy, precision,
+  recall, f1`` (fractions, macro averages), ``size_bytes, latency_ms`` (batch-1 median),
+  ``params, nonzeros, agreement`` (with the baseline's test predictions), the derived
+  ``compression``, ``speedup`` and ``accuracy_drop_points``, the statistics ``accuracy_ci,
+  mcnemar_p, output_kl, ece`` and a one-paragraph ``verdict``: every figure the markdown
+  shows;
+- ``DIR/report.md``: the same as tables and verdicts;
+- ``DIR/accuracy_vs_size.png`` and ``DIR/accuracy_vs_latency.png`` with Pareto fronts.
 """
 
 from __future__ import annotations
@@ -21,25 +24,56 @@ from pathlib import Path
 
 import torch
 
-from .recipes import baseline_variant, evaluate_variant, load_recipes
+from .recipes import Variant, evaluate_variant, load_recipes
 
-__all__ = ["build_report", "write_report", "markdown_table"]
+__all__ = ["build_report", "write_report", "markdown_table", "verdict"]
+
+_PRIVATE = ("preds", "logits", "labels")
 
 
 def _public(row: dict) -> dict:
     """A row without its tensors (predictions stay in memory, not in the JSON)."""
-    return {k: v for k, v in row.items() if k != "preds"}
+    return {k: v for k, v in row.items() if k not in _PRIVATE}
 
 
-def build_report(only: Sequence[str] | None = None, *, progress: bool = True,
+def _derive(row: dict, base: dict) -> dict:
+    """Ratios against the baseline, stored so that the JSON carries every shown figure."""
+    row["compression"] = base["size_bytes"] / max(row["size_bytes"], 1)
+    row["speedup"] = base["latency_ms"] / max(row["latency_ms"], 1e-9)
+    row["accuracy_drop_points"] = 100 * (base["accuracy"] - row["accuracy"])
+    return row
+
+
+def verdict(row: dict) -> str:
+    """One paragraph on a variant: what it saves, what it costs, and whether the cost is real."""
+    drop = row["accuracy_drop_points"]
+    significant = row["mcnemar_p"] < 0.05
+    change = ("no accuracy change" if abs(drop) < 0.05 else
+              f"{abs(drop):.2f} accuracy points {'lost' if drop > 0 else 'gained'}")
+    stat = ("a real difference (McNemar p = {p:.3f})" if significant else
+            "within noise on this test set (McNemar p = {p:.2f})").format(p=row["mcnemar_p"])
+    speed = (f"{row['speedup']:.1f}x faster" if row["speedup"] >= 1.1 else
+             f"{1 / row['speedup']:.1f}x slower" if row["speedup"] <= 0.9 else
+             "about as fast") + " at batch 1"
+    return (f"**{row['name']}** ({row['technique']}): {row['compression']:.1f}x smaller on "
+            f"disk, {speed}; {change}, {stat}; agrees with the baseline on "
+            f"{100 * row['agreement']:.1f}% of test images (macro F1 "
+            f"{100 * row['f1']:.2f}%, ECE {row['ece']:.3f}).")
+
+
+def build_report(only: Sequence[str] | None = None, *, dataset: str = "embedded",
+                 model: str = "course", progress: bool = True,
                  latency_repeats: int = 50) -> dict:
     """Run the baseline and the chosen recipes (all by default); return the report dict.
 
-    A recipe that raises is listed under ``"failed"`` with its error and the rest go on.
+    ``dataset`` and ``model`` pick the baseline (``qlib.train.get_trained``); the embedded
+    MNIST sample and the course model are the defaults. A recipe that raises is listed
+    under ``"failed"`` with its error and the rest go on.
     """
     from tqdm.auto import tqdm
 
-    from .train import get_baseline
+    from .plots import pareto_front
+    from .train import BASELINE_RECIPE, get_trained
 
     recipes = load_recipes()
     names = list(only) if only else list(recipes)
@@ -47,9 +81,11 @@ def build_report(only: Sequence[str] | None = None, *, progress: bool = True,
     if unknown:
         raise ValueError(f"unknown recipe(s) {unknown}; registered: {sorted(recipes)}")
     start = time.perf_counter()
-    baseline, data = get_baseline(progress=progress)
-    base = evaluate_variant(baseline_variant(baseline), data, latency_repeats=latency_repeats)
-    ref = base["preds"]
+    baseline, data = get_trained(**{**BASELINE_RECIPE, "model": model, "dataset": dataset,
+                                    "progress": progress})
+    base = evaluate_variant(Variant.from_module("baseline", "fp32", baseline), data,
+                            latency_repeats=latency_repeats)
+    _derive(base, base)
     variants, failed = [], []
     bar = tqdm(names, desc="recipes", disable=not progress)
     for name in bar:
@@ -57,27 +93,36 @@ def build_report(only: Sequence[str] | None = None, *, progress: bool = True,
         t0 = time.perf_counter()
         try:
             variant = recipes[name].fn(baseline, data)
-            row = evaluate_variant(variant, data, ref, latency_repeats=latency_repeats)
+            row = evaluate_variant(variant, data, base, latency_repeats=latency_repeats)
         except Exception as err:  # noqa: BLE001 - one broken recipe must not hide the rest
             failed.append(dict(name=name, error=f"{type(err).__name__}: {err}"))
             continue
         row["seconds"] = round(time.perf_counter() - t0, 2)
+        row["verdict"] = verdict(_derive(row, base))
         variants.append(_public(row))
-    meta = dict(dataset=data.name, test_images=len(data.test), torch=torch.__version__,
-                python=platform.python_version(), machine=platform.machine(),
-                threads_for_latency=1, seconds=round(time.perf_counter() - start, 1))
-    return dict(baseline=_public(base), variants=variants, failed=failed, meta=meta)
+    rows = [_public(base), *variants]
+    pareto = {x: [rows[i]["name"] for i in pareto_front([r[x] for r in rows],
+                                                         [r["accuracy"] for r in rows])]
+              for x in ("size_bytes", "latency_ms")}
+    meta = dict(dataset=data.name, model=model, test_images=len(data.test),
+                torch=torch.__version__, python=platform.python_version(),
+                machine=platform.machine(), threads_for_latency=1,
+                seconds=round(time.perf_counter() - start, 1))
+    return dict(baseline=_public(base), variants=variants, failed=failed, pareto=pareto,
+                meta=meta)
 
 
 def markdown_table(rows: Sequence[dict], baseline: dict) -> str:
     """Rows as a markdown table with ratios against the baseline."""
-    head = ("| name | technique | accuracy % | macro F1 % | size KB | smaller | latency ms | "
-            "params | non-zeros | agreement % |\n|" + "---|" * 10 + "\n")
+    head = ("| name | technique | accuracy % (95% CI) | macro F1 % | McNemar p | size KB | "
+            "smaller | latency ms | params | non-zeros | agreement % |\n|" + "---|" * 11 + "\n")
     lines = []
     for r in [baseline, *rows]:
+        lo, hi = r["accuracy_ci"]
         lines.append(
-            f"| {r['name']} | {r['technique']} | {100 * r['accuracy']:.2f} | "
-            f"{100 * r['f1']:.2f} | {r['size_bytes'] / 1024:.1f} | "
+            f"| {r['name']} | {r['technique']} | {100 * r['accuracy']:.2f} "
+            f"({100 * lo:.1f}–{100 * hi:.1f}) | {100 * r['f1']:.2f} | {r['mcnemar_p']:.3f} | "
+            f"{r['size_bytes'] / 1024:.1f} | "
             f"{baseline['size_bytes'] / max(r['size_bytes'], 1):.1f}x | "
             f"{r['latency_ms']:.3f} | {r['params']:,} | {r['nonzeros']:,} | "
             f"{100 * r['agreement']:.1f} |")
@@ -97,10 +142,18 @@ def write_report(report: dict, out: str | Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "report.json", out / "report.md"]
     paths[0].write_text(json.dumps(report, indent=2) + "\n")
-    base, rows = report["baseline"], report["variants"]
-    md = [f"# Compression report\n\nDataset `{report['meta']['dataset']}` "
-          f"({report['meta']['test_images']} test images); latency is the batch-1 median "
-          "on 1 thread.\n", markdown_table(rows, base)]
+    base, rows, meta = report["baseline"], report["variants"], report["meta"]
+    md = [f"# Compression report\n\nModel `{meta['model']}` on dataset `{meta['dataset']}` "
+          f"({meta['test_images']} test images). Latency is the batch-1 median on 1 thread; "
+          "the interval is a 95% bootstrap interval of accuracy; McNemar p tests whether a "
+          "variant's accuracy differs from the baseline's on the same images.\n\n",
+          markdown_table(rows, base)]
+    if rows:
+        md.append("\n## Verdicts\n\n" + "\n\n".join(r["verdict"] for r in rows) + "\n")
+    md.append("\n## Pareto fronts\n\nNo other variant is both smaller (faster) and more "
+              "accurate than these:\n\n" + "".join(
+                  f"- accuracy vs {x.replace('_', ' ')}: {', '.join(names)}\n"
+                  for x, names in report["pareto"].items()))
     if report["failed"]:
         md.append("\n## Failed recipes\n\n" + "\n".join(
             f"- `{f['name']}`: {f['error']}" for f in report["failed"]) + "\n")

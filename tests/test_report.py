@@ -41,6 +41,10 @@ def test_evaluate_variant_row(baseline, data):
     row = evaluate_variant(qrecipes.baseline_variant(baseline), data, latency_repeats=5)
     assert KEYS <= row.keys()
     assert 0.98 <= row["accuracy"] <= 1 and row["agreement"] == 1.0
+    lo, hi = row["accuracy_ci"]
+    assert lo < row["accuracy"] < hi and 0 <= row["ece"] < 0.1
+    same = evaluate_variant(qrecipes.baseline_variant(baseline), data, row, latency_repeats=5)
+    assert same["agreement"] == 1.0 and same["mcnemar_p"] == 1.0 and same["output_kl"] == 0
     assert row["params"] == 117_114 and 0 < row["latency_ms"] < 1000
     assert row["size_bytes"] > 4 * row["params"]
 
@@ -57,8 +61,13 @@ def test_report_files_and_failures(fake_recipes, tmp_path):
     assert KEYS <= back["baseline"].keys() and KEYS <= back["variants"][0].keys()
     v = back["variants"][0]
     assert v["agreement"] > 0.99 and v["size_bytes"] * 2 <= back["baseline"]["size_bytes"] + 1
+    assert abs(v["compression"] - 2) < 0.01 and v["mcnemar_p"] > 0.5
+    assert "2.0x smaller" in v["verdict"] and "within noise" in v["verdict"]
+    assert "fp16-test" in back["pareto"]["size_bytes"]  # smaller, (about) as accurate
+    assert back["meta"]["dataset"] == "embedded" and back["meta"]["model"] == "course"
     md = (tmp_path / "report.md").read_text()
     assert "| baseline |" in md and "| fp16-test |" in md and "broken-test" in md
+    assert v["verdict"] in md and "## Pareto fronts" in md
     assert (tmp_path / "accuracy_vs_size.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -73,6 +82,9 @@ def test_cli_report_and_list(fake_recipes, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["report", "--out", str(tmp_path), "--only", "no-such-recipe"])
     assert "unknown recipe" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["report", "--out", str(tmp_path), "--dataset", "imagenet"])
+    assert "invalid choice" in capsys.readouterr().err
 
 
 def test_run_recipe(fake_recipes, baseline, data):
