@@ -31,7 +31,7 @@ from .data import DATA_DIR, Splits, load_dataset
 from .models import build_model
 
 __all__ = ["fit", "predict", "evaluate", "save_checkpoint", "load_checkpoint",
-           "get_trained", "get_baseline", "random_shift", "BASELINE_RECIPE"]
+           "fingerprint", "cached_training", "get_trained", "get_baseline", "random_shift", "BASELINE_RECIPE"]
 
 LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
@@ -162,39 +162,69 @@ def _key(recipe: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def get_trained(model: str = "course", dataset: str = "embedded", *, epochs: int = 12,
-                lr: float = 3e-3, batch_size: int = 64, weight_decay: float = 1e-4,
-                max_shift: int = 2, seed: int = 0, cache_dir: str | Path | None = None,
-                progress: bool = True) -> tuple[nn.Module, Splits]:
-    """A trained model and its data: loaded from the cache, or trained now and cached.
+def fingerprint(model: nn.Module) -> str:
+    """A short hash of a model's state dict: put it in a recipe's cache key so that a cache
+    built from one baseline is never reused for another."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
-    The cache file ``data/models/{model}-{dataset}-{key}.pt`` holds the state dict and the
-    recipe; one that fails to load, or holds another recipe or architecture, is retrained
-    and overwritten (with a one-line message), never a crash.
+
+def cached_training(name: str, recipe: dict, build: Callable[[], nn.Module],
+                    train: Callable[[nn.Module], object], *,
+                    cache_dir: str | Path | None = None) -> nn.Module:
+    """``build()`` a model, then load its trained weights from the cache or ``train`` it.
+
+    The cache file is ``data/models/{name}-{key}.pt``, ``key`` a hash of ``recipe`` (a JSON-
+    able dict of everything that determines the weights) and the torch version; it holds
+    the state dict and the recipe. A file that fails to load, holds another recipe or does
+    not fit the architecture is retrained and overwritten with a one-line message, never a
+    crash. ``build`` must be deterministic (seed inside it); ``train(model)`` trains in place.
+    Used by the baseline and by every recipe that trains (notebooks 04-08).
     """
-    recipe = dict(model=model, dataset=dataset, epochs=epochs, lr=lr, batch_size=batch_size,
-                  weight_decay=weight_decay, max_shift=max_shift, seed=seed)
-    data = load_dataset(dataset)
-    set_seed(seed)
-    net = build_model(model, data.num_classes, data.input_shape[0], data.input_shape[1])
-    path = Path(cache_dir or DATA_DIR / "models") / f"{model}-{dataset}-{_key(recipe)}.pt"
+    path = Path(cache_dir or DATA_DIR / "models") / f"{name}-{_key(recipe)}.pt"
+    net = build()
     if path.exists():
         try:
             ckpt = load_checkpoint(path)
             if ckpt.get("recipe") != recipe:
                 raise ValueError("the cached recipe differs")
             net.load_state_dict(ckpt["state_dict"])
-            return net.eval(), data
+            return net.eval()
         except Exception as err:  # noqa: BLE001 - any bad cache is rebuilt
             print(f"qlib: cache {path.name} unusable ({type(err).__name__}); retraining")
-            set_seed(seed)
-            net = build_model(model, data.num_classes, data.input_shape[0],
-                              data.input_shape[1])
-    fit(net, data.loader("train", batch_size, seed=seed), epochs=epochs, lr=lr,
-        weight_decay=weight_decay, max_shift=max_shift, seed=seed, progress=progress,
-        desc=f"train {model}")
+            net = build()
+    train(net)
     save_checkpoint({"recipe": recipe, "state_dict": net.state_dict()}, path)
-    return net.eval(), data
+    return net.eval()
+
+
+def get_trained(model: str = "course", dataset: str = "embedded", *, epochs: int = 12,
+                lr: float = 3e-3, batch_size: int = 64, weight_decay: float = 1e-4,
+                max_shift: int = 2, seed: int = 0, cache_dir: str | Path | None = None,
+                progress: bool = True) -> tuple[nn.Module, Splits]:
+    """A trained model and its data: loaded from the cache, or trained now and cached.
+
+    The cache file is ``data/models/{model}-{dataset}-{key}.pt`` (see
+    :func:`cached_training`): a corrupt or mismatched cache is rebuilt, never a crash.
+    """
+    recipe = dict(model=model, dataset=dataset, epochs=epochs, lr=lr, batch_size=batch_size,
+                  weight_decay=weight_decay, max_shift=max_shift, seed=seed)
+    data = load_dataset(dataset)
+
+    def build() -> nn.Module:
+        set_seed(seed)
+        return build_model(model, data.num_classes, data.input_shape[0], data.input_shape[1])
+
+    def train(net: nn.Module) -> None:
+        fit(net, data.loader("train", batch_size, seed=seed), epochs=epochs, lr=lr,
+            weight_decay=weight_decay, max_shift=max_shift, seed=seed, progress=progress,
+            desc=f"train {model}")
+
+    return cached_training(f"{model}-{dataset}", recipe, build, train,
+                           cache_dir=cache_dir), data
 
 
 def get_baseline(**overrides) -> tuple[nn.Module, Splits]:

@@ -114,3 +114,25 @@ def test_evaluate_accepts_callables(baseline, data):
     ev_fn = evaluate(lambda x: baseline(x), data.loader("test", 256))
     assert ev_module["accuracy"] == ev_fn["accuracy"]
     assert ev_module["logits"].shape == (1000, 10)
+
+
+def test_cached_training_and_fingerprint(tmp_path):
+    from qlib.train import cached_training, fingerprint
+
+    calls = []
+
+    def build():
+        torch.manual_seed(0)
+        return torch.nn.Linear(3, 2)
+
+    def train(m):
+        calls.append(1)
+        with torch.no_grad():
+            m.weight.fill_(7.0)
+
+    a = cached_training("lin", {"v": 1}, build, train, cache_dir=tmp_path)
+    b = cached_training("lin", {"v": 1}, build, train, cache_dir=tmp_path)
+    assert len(calls) == 1 and torch.equal(a.weight, b.weight) and float(b.weight[0, 0]) == 7
+    assert fingerprint(a) == fingerprint(b) != fingerprint(build())
+    cached_training("lin", {"v": 2}, build, train, cache_dir=tmp_path)  # another recipe
+    assert len(calls) == 2 and len(list(tmp_path.glob("lin-*.pt"))) == 2

@@ -1,0 +1,83 @@
+"""k-means weight sharing (Deep Compression, Han et al. 2016): a codebook per layer.
+
+Introduced in notebook 02, next to linear quantization at the same bit width. Each
+layer's weights are clustered into k = 2^b values (the codebook); the layer then stores a
+b-bit index per weight plus the k float centroids. Unlike a uniform grid, the centroids
+crowd where the weights are, so the same b bits give a smaller error on bell-shaped
+weights. Clustering is Lloyd's algorithm in 1-D with the *linear* initialisation that
+Deep Compression found best (centroids evenly spaced over [min w, max w]); checked against
+scikit-learn's ``KMeans`` from the same start in ``tests/test_quant_ptq.py``.
+
+    assign:  i_j = argmin_c |w_j - c_c|           update:  c_c = mean{w_j : i_j = c}
+
+>>> cb, idx = kmeans_codebook(torch.tensor([0.0, 0.1, 0.9, 1.0]), 1)
+>>> cb, idx
+(tensor([0.0500, 0.9500]), tensor([0, 0, 1, 1]))
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+from .affine import _check_bits, _check_finite
+
+__all__ = ["kmeans_codebook", "kmeans_quantize_model"]
+
+
+def kmeans_codebook(w: Tensor, bits: int, *, max_iter: int = 300) -> tuple[Tensor, Tensor]:
+    """Cluster the values of ``w`` into 2^bits centroids with 1-D Lloyd's iterations.
+
+    Returns ``codebook`` float32 (2^bits,), sorted ascending, and ``indices`` int64 with
+    w's shape, so that ``codebook[indices]`` is the shared-weight tensor. Deterministic
+    (linear init, no randomness); stops when no assignment changes. An empty cluster keeps
+    its centroid. Notebook 02.
+    """
+    bits = _check_bits(bits)
+    _check_finite(w, "w")
+    if w.numel() == 0:
+        raise ValueError("w is empty: there is nothing to cluster")
+    x = w.detach().reshape(-1).double()
+    k = 1 << bits
+    c = torch.linspace(float(x.min()), float(x.max()), k, dtype=torch.float64)
+    idx = None
+    for _ in range(max_iter):
+        # In 1-D the nearest centroid is found by the midpoints between sorted centroids
+        # (a tie goes to the lower one, as argmin).
+        new = torch.bucketize(x, (c[1:] + c[:-1]) / 2)
+        if idx is not None and torch.equal(new, idx):
+            break
+        idx = new
+        counts = torch.bincount(idx, minlength=k).double()
+        sums = torch.bincount(idx, weights=x, minlength=k)
+        c = torch.where(counts > 0, sums / counts.clamp(min=1), c)
+    return c.float(), idx.view(w.shape)
+
+
+@torch.no_grad()
+def kmeans_quantize_model(model: nn.Module, bits: int, *, inplace: bool = False
+                          ) -> tuple[nn.Module, dict[str, tuple[Tensor, Tensor]]]:
+    """Replace every Conv2d / Linear weight by its k-means shared version (a copy).
+
+    Returns the model (weights now take at most 2^bits distinct values per layer) and
+    ``{layer name: (codebook, indices)}``, which :func:`~qlib.quant.packing.packed_state`
+    stores as b-bit indices plus the codebook. Biases stay float.
+
+    >>> from qlib.models import mlp
+    >>> m, books = kmeans_quantize_model(mlp(), 2)
+    >>> sorted(books), m[1].weight.unique().numel()
+    (['1', '3'], 4)
+    """
+    model = model if inplace else copy.deepcopy(model)
+    books = {}
+    for name, m in model.named_modules():
+        if type(m) in (nn.Conv2d, nn.Linear):
+            codebook, idx = kmeans_codebook(m.weight, bits)
+            m.weight.copy_(codebook[idx])
+            books[name] = (codebook, idx)
+    if not books:
+        raise ValueError(f"{type(model).__name__} has no Conv2d or Linear layer to share "
+                         "weights in")
+    return model, books
