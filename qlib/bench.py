@@ -20,8 +20,7 @@ import gc
 import io
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,49 +28,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["measure_latency", "throughput", "model_size_bytes", "count_parameters",
-           "count_nonzeros", "count_macs", "peak_memory", "format_table"]
+from .footprint import (Inputs, _as_args, _check_int, _inference, count_macs, count_nonzeros,
+                        count_parameters, peak_memory)
 
-Inputs = Tensor | np.ndarray | tuple | list
-
-
-def _as_args(example_input: Inputs) -> tuple:
-    """A tensor / array becomes a 1-tuple; a tuple or list is passed as positional args."""
-    if isinstance(example_input, (Tensor, np.ndarray)):
-        return (example_input,)
-    if isinstance(example_input, (tuple, list)) and len(example_input) > 0:
-        return tuple(example_input)
-    raise TypeError("example_input must be a tensor, an array or a non-empty tuple/list of "
-                    f"inputs, got {type(example_input).__name__}")
-
-
-def _check_int(value: Any, name: str, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-
-
-def _check_module(model: Any, what: str) -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"{what} needs an nn.Module, got {type(model).__name__}")
-    return model
-
-
-@contextmanager
-def _inference(model: Any, threads: int | None = None) -> Iterator[None]:
-    """Eval mode + no_grad (+ pinned thread count); everything restored, also on error."""
-    prev_threads = torch.get_num_threads()
-    was_training = isinstance(model, nn.Module) and model.training
-    try:
-        if threads is not None:
-            torch.set_num_threads(threads)
-        if isinstance(model, nn.Module):
-            model.eval()  # dropout off, batch norm uses its running statistics
-        with torch.no_grad():
-            yield
-    finally:
-        torch.set_num_threads(prev_threads)
-        if was_training:
-            model.train()
+__all__ = ["measure_latency", "interleaved_latency", "throughput", "model_size_bytes",
+           "count_parameters", "count_nonzeros", "count_macs", "peak_memory", "format_table"]
 
 
 def measure_latency(fn_or_model: nn.Module | Callable[..., Any], example_input: Inputs, *,
@@ -123,6 +84,40 @@ def measure_latency(fn_or_model: nn.Module | Callable[..., Any], example_input: 
             "min_ms": float(a.min()), "runs": runs}
 
 
+def interleaved_latency(fns: dict[str, Callable[..., Any]], example_input: Inputs, *,
+                        rounds: int = 5, seconds: float = 10.0, threads: int | None = 1,
+                        warmup: int = 1) -> dict[str, dict]:
+    """Time several models round-robin on one input: per name, :func:`measure_latency`'s dict
+    over all pooled runs.
+
+    Introduced in notebook 03 (used again in 07). One timed call each estimates ``t``; then
+    each of ``rounds`` rounds visits every model (starting one later each round) for
+    ``k = clamp(seconds / (rounds * len(fns)) / t, 1, 50)`` timed calls. A slow spell on
+    the machine thus lands on every model alike, so *ratios* hold on a noisy machine.
+
+    >>> r = interleaved_latency({"a": torch.relu, "b": torch.sigmoid}, torch.zeros(9), seconds=0.1)
+    >>> sorted(r), len(r["a"]["runs"]) >= 5
+    (['a', 'b'], True)
+    """
+    _check_int(rounds, "rounds", 1)
+    if seconds <= 0 or not fns:
+        raise ValueError(f"need seconds > 0 and at least one model, got seconds={seconds}, "
+                         f"{len(fns)} models")
+    names = list(fns)
+    per_call = {n: measure_latency(fns[n], example_input, warmup=warmup, repeats=1,
+                                   threads=threads)["min_ms"] / 1000 for n in names}
+    slot = seconds / (rounds * len(names))
+    calls = {n: int(min(50, max(1, slot // max(per_call[n], 1e-6)))) for n in names}
+    runs: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            fast = per_call[n] < 0.05  # re-warm caches after a switch when that is cheap
+            runs[n] += measure_latency(fns[n], example_input, warmup=int(fast),
+                                       repeats=calls[n], threads=threads)["runs"]
+    return {n: {"median_ms": float(np.median(v)), "p90_ms": float(np.percentile(v, 90)),
+                "min_ms": float(min(v)), "runs": v} for n, v in runs.items()}
+
+
 def throughput(fn_or_model: nn.Module | Callable[..., Any], example_input: Inputs,
                **kwargs: Any) -> float:
     """Images per second: ``batch / (median_ms / 1000)``, batch = first dim of the first input.
@@ -168,134 +163,6 @@ def model_size_bytes(model_or_path: nn.Module | str | Path) -> int:
         raise ValueError(f"model_size_bytes: no file or directory at {str(path)!r}")
     raise TypeError("model_size_bytes takes an nn.Module or a file/directory path (str or "
                     f"Path), got {type(model_or_path).__name__}")
-
-
-def _effective_params(model: nn.Module) -> list[Tensor]:
-    """The weights the model computes with: ``w_orig * w_mask`` for torch.nn.utils.prune."""
-    out = []
-    for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
-            mask = getattr(module, name[:-5] + "_mask", None) if name.endswith("_orig") else None
-            out.append(p.detach() * mask if isinstance(mask, Tensor) else p.detach())
-    return out
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of parameter entries: sum of ``p.numel()`` over ``model.parameters()``.
-
-    Introduced in notebook 00. Buffers (batch-norm running statistics, masks) are not
-    counted; a parameter shared by two layers counts once.
-
-    >>> count_parameters(torch.nn.Linear(3, 2))  # 3*2 weights + 2 biases
-    8
-    """
-    _check_module(model, "count_parameters")
-    return int(sum(p.numel() for p in model.parameters()))
-
-
-def count_nonzeros(model: nn.Module) -> int:
-    """Number of parameter entries that are not exactly zero (parameters only, no buffers).
-
-    Introduced in notebook 05 (pruning): sparsity = 1 - nonzeros / params. A weight pruned
-    with ``torch.nn.utils.prune`` is counted as it is used, ``weight_orig * weight_mask``.
-
-    >>> lin = torch.nn.Linear(3, 2); _ = torch.nn.init.zeros_(lin.weight); count_nonzeros(lin)
-    2
-    """
-    _check_module(model, "count_nonzeros")
-    return int(sum(torch.count_nonzero(p).item() for p in _effective_params(model)))
-
-
-def count_macs(model: nn.Module, example_input: Inputs) -> int:
-    """Multiply-accumulates of the Conv (1d/2d/3d) and Linear layers in one forward pass.
-
-    Introduced in notebook 00. Counted with forward hooks on the output shapes, for the
-    whole ``example_input`` batch (pass batch 1 for MACs per image):
-
-        Conv:   out.numel() * (C_in / groups) * prod(kernel_size)  # out: (N, C_out, H', W')
-        Linear: out.numel() * in_features                          # out: (..., out_features)
-
-    Bias additions, batch norm, activations and pooling are not MACs and are left out;
-    a layer called twice counts twice. FLOPs of these layers are about 2 * MACs.
-
-    >>> count_macs(torch.nn.Linear(4, 3), torch.zeros(2, 4))  # 2 * 3 outputs * 4 inputs
-    24
-    """
-    _check_module(model, "count_macs")
-    args = _as_args(example_input)
-    total = [0]
-
-    def conv_hook(m: nn.modules.conv._ConvNd, _inp: Any, out: Tensor) -> None:
-        total[0] += out.numel() * (m.in_channels // m.groups) * int(np.prod(m.kernel_size))
-
-    def linear_hook(m: nn.Linear, _inp: Any, out: Tensor) -> None:
-        total[0] += out.numel() * m.in_features
-
-    handles = []
-    for m in model.modules():
-        if isinstance(m, nn.modules.conv._ConvNd):
-            handles.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            handles.append(m.register_forward_hook(linear_hook))
-    if not handles:
-        raise ValueError("count_macs counts Conv1d/2d/3d and Linear layers; the model "
-                         f"{type(model).__name__} has none")
-    try:
-        with _inference(model):
-            model(*args)
-    finally:
-        for h in handles:
-            h.remove()
-    return int(total[0])
-
-
-def peak_memory(model: nn.Module | Callable[..., Any], example_input: Inputs) -> dict:
-    """Peak memory of one inference forward pass, in bytes, measured at the allocator.
-
-    Introduced in notebook 07. Returns ``{"weights_bytes", "input_bytes",
-    "activations_peak_bytes", "peak_bytes"}`` with ``peak_bytes`` the sum of the other three:
-
-        weights_bytes           bytes of parameters + buffers (nbytes; 0 for a plain callable)
-        activations_peak_bytes  max over time of (bytes allocated - bytes freed) during the
-                                forward, from the PyTorch profiler's CPU memory events
-                                (``profile_memory=True``): outputs, intermediates and
-                                temporary workspaces, each counted while it is alive
-
-    Why this measure: the process RSS high-water mark is process-wide, monotonic and
-    includes the Python interpreter and every earlier experiment, so it cannot tell two
-    models apart; summing every layer's output overstates (most die at once) and ignores
-    kernel workspaces. Allocator events count exactly what this forward allocates (only
-    PyTorch's allocator: memory inside another runtime such as ONNX Runtime is not seen).
-    Run under ``no_grad`` in eval mode: with autograd on, activations would be kept for
-    backward. Example: MLP 100 -> 50 -> ReLU -> 10, batch 4 keeps the hidden layer and its
-    ReLU copy alive at once: 2 * 4*50*4 = 1600 bytes (800 + 160 with ``ReLU(inplace=True)``).
-    """
-    if not callable(model):
-        raise TypeError(f"peak_memory needs an nn.Module or a callable, got {type(model).__name__}")
-    args = _as_args(example_input)
-    from torch.profiler import ProfilerActivity, profile
-
-    with _inference(model):
-        model(*args)  # warm-up: one-off allocations (caches, packed weights) are not the peak
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            model(*args)
-    events = prof.profiler.kineto_results.events()  # the data export_memory_timeline uses
-    deltas = [(e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]"]
-    deltas.sort(key=lambda d: d[0])  # stable: simultaneous events keep their order
-    live = peak = 0
-    for _, nbytes in deltas:  # + allocation, - free
-        live += nbytes
-        peak = max(peak, live)
-    weights: dict[int, int] = {}  # by storage pointer: tied weights count once
-    if isinstance(model, nn.Module):
-        for t in list(model.parameters()) + list(model.buffers()):
-            weights[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-    # the input's own bytes (a slice x[:1] of a big tensor shares its storage: count the slice)
-    in_bytes = sum(a.nbytes if isinstance(a, np.ndarray) else a.numel() * a.element_size()
-                   for a in args if isinstance(a, (Tensor, np.ndarray)))
-    w = sum(weights.values())
-    return {"weights_bytes": int(w), "input_bytes": int(in_bytes),
-            "activations_peak_bytes": int(peak), "peak_bytes": int(w + in_bytes + peak)}
 
 
 def format_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:

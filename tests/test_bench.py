@@ -254,3 +254,21 @@ def test_main_dispatches_deploy(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(qlib, "deploy", fake, raising=False)
     assert main(["deploy", "--out", "x"]) == 0 and calls == [["--out", "x"]]
     assert main(["nonsense"]) == 2
+
+
+def test_interleaved_latency_pools_runs_per_model():
+    import time as _time
+
+    from qlib.bench import interleaved_latency
+
+    def slow(x):
+        _time.sleep(0.002)
+        return x
+
+    r = interleaved_latency({"fast": torch.relu, "slow": slow}, torch.zeros(4), rounds=3,
+                            seconds=0.3)
+    assert set(r) == {"fast", "slow"}
+    assert r["slow"]["median_ms"] >= 2.0 > r["fast"]["median_ms"]
+    assert len(r["fast"]["runs"]) >= 3 and len(r["slow"]["runs"]) >= 3
+    with pytest.raises(ValueError, match="at least one model"):
+        interleaved_latency({}, torch.zeros(1))
