@@ -13,6 +13,7 @@ help:
 	@echo "make lab     - start JupyterLab on notebooks/"
 	@echo "make test    - run every test: qlib unit tests and every notebook (nbval)"
 	@echo "make report  - evaluate the baseline and every recipe into $(OUT)/"
+	@echo "make workbook - write the student copies notebooks/workbook/NN_*.ipynb"
 	@echo "make clean   - remove .venv and cached models (data/ keeps its README)"
 
 $(STAMP): requirements.txt pyproject.toml
@@ -37,6 +38,9 @@ notebooks: $(STAMP)
 
 report: $(STAMP)
 	$(BIN)/python -m qlib report --out $(OUT)
+
+workbook: $(STAMP)
+	$(BIN)/python -m qlib.workbook
 
 clean:
 	rm -rf $(VENV) data/models reports
