@@ -86,7 +86,8 @@ def measure_latency(fn_or_model: nn.Module | Callable[..., Any], example_input: 
 
 def interleaved_latency(fns: dict[str, Callable[..., Any]], example_input: Inputs, *,
                         rounds: int = 5, seconds: float = 10.0, threads: int | None = 1,
-                        warmup: int = 1) -> dict[str, dict]:
+                        warmup: int = 1, progress: Callable[[], None] | None = None
+                        ) -> dict[str, dict]:
     """Time several models round-robin on one input: per name, :func:`measure_latency`'s dict
     over all pooled runs.
 
@@ -114,6 +115,8 @@ def interleaved_latency(fns: dict[str, Callable[..., Any]], example_input: Input
             fast = per_call[n] < 0.05  # re-warm caches after a switch when that is cheap
             runs[n] += measure_latency(fns[n], example_input, warmup=int(fast),
                                        repeats=calls[n], threads=threads)["runs"]
+            if progress:
+                progress()  # one tick per (round, model), e.g. a tqdm bar's update
     return {n: {"median_ms": float(np.median(v)), "p90_ms": float(np.percentile(v, 90)),
                 "min_ms": float(min(v)), "runs": v} for n, v in runs.items()}
 

@@ -1,0 +1,86 @@
+"""Tests for qlib.deploy: the interleaving schedule, the command line end to end on the
+course model (tiny timing budget, no torch.compile) and its bad arguments. Timings are
+checked for presence and order only, never for speed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from qlib import bench
+from qlib.bench import interleaved_latency
+from qlib.deploy import COLUMNS, main
+
+
+def test_interleaving_visits_every_runtime_each_round_in_rotated_order() -> None:
+    log: list[str] = []
+
+    def make(name: str):
+        def fn(x):
+            log.append(name)
+            return x
+        return fn
+
+    fns = {n: make(n) for n in "abc"}
+    res = interleaved_latency(fns, torch.zeros(1), rounds=3, seconds=1e-9)
+    # warm-up: 2 calls each (1 untimed + 1 timed); then one call per round (budget tiny),
+    # each fast runtime re-warmed once after a switch: pairs of calls per visit.
+    rounds = log[6:]
+    visits = [rounds[i] for i in range(0, len(rounds), 2)]
+    assert visits == list("abc") + list("bca") + list("cab")
+    assert set(res) == set("abc")
+    for r in res.values():
+        assert len(r["runs"]) == 3 and r["min_ms"] <= r["median_ms"] <= r["p90_ms"]
+
+
+def test_interleaving_scales_calls_with_the_budget() -> None:
+    res = interleaved_latency({"relu": torch.relu}, torch.zeros(10), rounds=2, seconds=0.05)
+    assert 2 <= len(res["relu"]["runs"]) <= 100  # at most 50 calls per round
+
+
+def test_interleaving_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="rounds"):
+        interleaved_latency({"a": torch.relu}, torch.zeros(1), rounds=0)
+    with pytest.raises(ValueError, match="seconds"):
+        interleaved_latency({"a": torch.relu}, torch.zeros(1), seconds=0)
+    with pytest.raises(ValueError, match="at least one model"):
+        interleaved_latency({}, torch.zeros(1))
+
+
+def test_deploy_command_on_the_course_model(tmp_path, capsys) -> None:
+    out = tmp_path / "deploy.json"
+    code = main(["--models", "course", "--no-compile", "--rounds", "2", "--scale", "0.02",
+                 "--no-progress", "--json", str(out)])
+    assert code == 0
+    rows = json.loads(out.read_text())
+    assert len(rows) == 12 and all(tuple(r) == COLUMNS for r in rows)
+    assert {(r["batch"], r["runtime"], r["precision"]) for r in rows} == {
+        (b, rt, p) for b in (1, 32) for rt, p in
+        [("eager", "fp32"), ("compile", "fp32"), ("ort", "fp32"), ("ort", "int8")]}
+    timed = [r for r in rows if r["runtime"] != "compile"]
+    assert all(0 < r["median_ms"] <= r["p90_ms"] for r in timed)
+    assert all(r["note"].startswith("skipped") and r["median_ms"] is None
+               for r in rows if r["runtime"] == "compile")
+    by = {(r["scheme"], r["batch"]): r for r in timed if r["runtime"] == "ort"}
+    fp32, u8 = by[(None, 1)], by[("static u8 act/s8 w", 1)]
+    assert fp32["size_bytes"] / u8["size_bytes"] > 3.0
+    assert u8["top1_agreement"] >= 0.99 and u8["accuracy"] >= fp32["accuracy"] - 0.003
+    assert max(r["speedup"] for r in timed if r["batch"] == 1 and r["precision"] == "fp32") == 1.0
+    printed = capsys.readouterr().out
+    assert "| model" in printed and "course batch 1: ORT int8 static" in printed
+
+
+@pytest.mark.parametrize("argv", [["--threads", "0"], ["--models", "vgg"], ["--scale", "-1"],
+                                  ["--image-size", "8"]])
+def test_deploy_bad_arguments(argv) -> None:
+    with pytest.raises(SystemExit) as err:
+        main(argv)
+    assert err.value.code == 2
+
+
+def test_bench_dispatches_to_deploy() -> None:
+    with pytest.raises(SystemExit) as err:  # the argument error comes from deploy's parser
+        bench.main(["deploy", "--rounds", "0"])
+    assert err.value.code == 2
