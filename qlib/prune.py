@@ -1,0 +1,307 @@
+"""Unstructured pruning: magnitude masks (per layer, global, N:M), schedules, sensitivity.
+
+Introduced in notebook 05. A *mask* is a bool tensor shaped like a weight, ``False`` where
+the weight is pruned; the pruned model computes with ``weight * mask``. The prunable
+weights are those of ``Conv2d`` and ``Linear`` layers (biases and batch norm are tiny and
+stay dense). Masks are kept applied through fine-tuning with PyTorch's own
+reparametrization (``torch.nn.utils.prune``: ``weight = weight_orig * weight_mask`` is
+recomputed by a forward pre-hook before every call, so the gradient of a pruned entry is
+zero and an optimizer step cannot revive it); :func:`remove_masks` bakes the zeros in.
+
+A mask changes neither the file size nor the latency: the zeros are still stored and
+multiplied. :mod:`qlib.sparse` stores only the survivors; :mod:`qlib.channels` removes
+whole channels so that the dense model itself becomes smaller and faster;
+:mod:`qlib.gradual` prunes step by step during training.
+
+>>> w = torch.tensor([[0.1, -2.0], [0.5, -0.05]])
+>>> magnitude_mask(w, 0.5)
+tensor([[False,  True],
+        [ True, False]])
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import prune as tprune
+
+__all__ = ["PRUNABLE", "prunable_layers", "magnitude_mask", "layerwise_masks",
+           "global_masks", "nm_mask", "nm_masks", "apply_masks", "remove_masks",
+           "baked_copy", "magnitude_prune", "sparsity", "sensitivity_scan"]
+
+#: Layer types whose ``weight`` is pruned.
+PRUNABLE = (nn.Conv2d, nn.Linear)
+
+Masks = dict[str, Tensor]  # layer name -> bool mask shaped like that layer's weight
+
+
+def _check_sparsity(sparsity: float, what: str = "sparsity") -> float:
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
+        raise TypeError(f"{what} must be a number in [0, 1], got {type(sparsity).__name__}")
+    if not 0.0 <= float(sparsity) <= 1.0:  # also rejects NaN
+        raise ValueError(f"{what} must be in [0, 1] (the fraction of weights to remove), "
+                         f"got {sparsity}")
+    return float(sparsity)
+
+
+def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The ``Conv2d`` and ``Linear`` layers of ``model`` by name, in registration order.
+
+    Introduced in notebook 05. Raises ``ValueError`` when there is none.
+
+    >>> list(prunable_layers(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))))
+    ['0', '2']
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected an nn.Module, got {type(model).__name__}")
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE)}
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no prunable layer; pruning works on "
+                         "the weights of Conv2d and Linear layers")
+    return layers
+
+
+def _weight(layer: nn.Module) -> Tensor:
+    """The weight the layer computes with (``weight_orig * weight_mask`` when masked)."""
+    return layer.weight.detach()
+
+
+def magnitude_mask(weight: Tensor, sparsity: float) -> Tensor:
+    """Keep-mask of one tensor: ``False`` on the k = round(sparsity * numel) smallest |w|.
+
+    Introduced in notebook 05. Same shape as ``weight``; the same mask as
+    ``torch.nn.utils.prune.l1_unstructured(amount=sparsity)``. ``sparsity`` in [0, 1].
+
+    >>> magnitude_mask(torch.tensor([3.0, -1.0, 0.5, 2.0]), 0.5)
+    tensor([ True, False, False,  True])
+    """
+    if not isinstance(weight, Tensor):
+        raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+    sparsity = _check_sparsity(sparsity)
+    if weight.numel() == 0:
+        raise ValueError("weight is empty; a mask needs at least one entry")
+    k = round(sparsity * weight.numel())  # entries to prune
+    mask = torch.ones(weight.numel(), dtype=torch.bool, device=weight.device)
+    if k > 0:
+        smallest = torch.topk(weight.detach().abs().flatten(), k, largest=False).indices
+        mask[smallest] = False
+    return mask.view_as(weight)
+
+
+def layerwise_masks(model: nn.Module, sparsity: float | dict[str, float]) -> Masks:
+    """One :func:`magnitude_mask` per prunable layer: each loses the same fraction.
+
+    Introduced in notebook 05. ``sparsity`` is one number for all layers or a dict
+    ``{layer name: sparsity}`` (layers not named stay dense).
+
+    >>> m = nn.Sequential(nn.Linear(10, 10), nn.Linear(10, 2))
+    >>> [int((~mask).sum()) for mask in layerwise_masks(m, 0.5).values()]
+    [50, 10]
+    """
+    layers = prunable_layers(model)
+    per_layer = sparsity if isinstance(sparsity, dict) else dict.fromkeys(layers, sparsity)
+    unknown = set(per_layer) - set(layers)
+    if unknown:
+        raise ValueError(f"no prunable layer named {sorted(unknown)}; layers: {list(layers)}")
+    return {name: magnitude_mask(_weight(layers[name]), per_layer.get(name, 0.0))
+            for name in layers}
+
+
+def global_masks(model: nn.Module, sparsity: float) -> Masks:
+    """Masks that prune the k = round(sparsity * N) smallest |w| over all N prunable weights.
+
+    Introduced in notebook 05. One threshold for the whole model, so layers with many small
+    weights (the big ``Linear``) lose more than layers with few large ones (the first conv).
+    Same masks as ``torch.nn.utils.prune.global_unstructured(..., L1Unstructured)``.
+
+    >>> m = nn.Sequential(nn.Linear(10, 10), nn.Linear(10, 2))
+    >>> sum(int((~mask).sum()) for mask in global_masks(m, 0.5).values())
+    60
+    """
+    layers = prunable_layers(model)
+    scores = torch.cat([_weight(m).abs().flatten() for m in layers.values()])  # (N,)
+    flat = magnitude_mask(scores, sparsity)
+    masks, start = {}, 0
+    for name, layer in layers.items():
+        n = layer.weight.numel()
+        masks[name] = flat[start:start + n].view_as(layer.weight)
+        start += n
+    return masks
+
+
+def nm_mask(weight: Tensor, n: int = 2, m: int = 4) -> Tensor:
+    """N:M mask: in every group of m consecutive inputs of an output row keep the n largest |w|.
+
+    Introduced in notebook 05. Rows are ``weight.reshape(out, -1)`` (for a conv: the
+    in_channels * kh * kw inputs of one filter), cut into groups of m; sparsity is 1 - n/m.
+    2:4 is the pattern that NVIDIA's sparse tensor cores run at up to 2x speed.
+
+    >>> nm_mask(torch.tensor([[4.0, -1.0, 3.0, 0.5]]))
+    tensor([[ True, False,  True, False]])
+    """
+    if not isinstance(weight, Tensor) or weight.ndim < 2:
+        raise ValueError("nm_mask needs a weight tensor with at least 2 dims (out, in, ...)")
+    if not (isinstance(n, int) and isinstance(m, int) and 0 < n <= m):
+        raise ValueError(f"need integers 0 < n <= m, got n={n!r}, m={m!r}")
+    row = weight[0].numel()
+    if row % m:
+        raise ValueError(f"each output row has {row} inputs, not a multiple of m={m}; N:M "
+                         "sparsity needs the row length divisible by m")
+    groups = weight.detach().abs().reshape(-1, m)  # (out * row / m, m)
+    keep = torch.topk(groups, n, dim=1).indices
+    mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(1, keep, True)
+    return mask.view_as(weight)
+
+
+def nm_masks(model: nn.Module, n: int = 2, m: int = 4) -> Masks:
+    """:func:`nm_mask` for every prunable layer whose row length is a multiple of m.
+
+    Introduced in notebook 05. Layers that cannot take the pattern (the first conv of the
+    course model has 1 * 5 * 5 = 25 inputs per filter) are left out, so they stay dense.
+
+    >>> list(nm_masks(nn.Sequential(nn.Conv2d(1, 4, 5), nn.Flatten(), nn.Linear(16, 2))))
+    ['2']
+    """
+    layers = prunable_layers(model)
+    masks = {name: nm_mask(_weight(layer), n, m) for name, layer in layers.items()
+             if layer.weight[0].numel() % m == 0}
+    if not masks:
+        raise ValueError(f"no prunable layer has a row length divisible by m={m}")
+    return masks
+
+
+def apply_masks(model: nn.Module, masks: Masks) -> nn.Module:
+    """Make ``model`` compute with ``weight * mask`` from now on, also while it trains.
+
+    Introduced in notebook 05. In place; returns ``model``. Uses PyTorch's pruning
+    reparametrization (``weight_orig`` parameter, ``weight_mask`` buffer, a forward
+    pre-hook): the gradient of a pruned entry is 0, so fine-tuning keeps it pruned. A layer
+    that is already masked gets its mask replaced.
+
+    >>> m = apply_masks(nn.Sequential(nn.Linear(4, 2)), {"0": torch.eye(2, 4, dtype=torch.bool)})
+    >>> int(m[0].weight.count_nonzero()), sorted(n for n, _ in m.named_buffers())
+    (2, ['0.weight_mask'])
+    """
+    layers = prunable_layers(model)
+    for name, mask in masks.items():
+        if name not in layers:
+            raise ValueError(f"no prunable layer named {name!r}; layers: {list(layers)}")
+        layer = layers[name]
+        if mask.shape != layer.weight.shape:
+            raise ValueError(f"mask for {name!r} has shape {tuple(mask.shape)}, the weight "
+                             f"{tuple(layer.weight.shape)}")
+        if tprune.is_pruned(layer) and hasattr(layer, "weight_mask"):
+            layer.weight_mask.copy_(mask)  # the hook reads this buffer before every call
+            with torch.no_grad():
+                layer.weight = layer.weight_orig * layer.weight_mask
+        else:
+            tprune.custom_from_mask(layer, "weight", mask.to(layer.weight.dtype))
+    return model
+
+
+def remove_masks(model: nn.Module) -> nn.Module:
+    """Bake the masks in: ``weight`` becomes a plain parameter holding ``weight * mask``.
+
+    Introduced in notebook 05. In place; returns ``model``. Layers without a mask are left
+    alone. The state dict is then the ordinary one (with zeros in it).
+
+    >>> m = nn.Sequential(nn.Linear(4, 2)); _ = magnitude_prune(m, 0.5)
+    >>> sorted(remove_masks(m).state_dict())
+    ['0.bias', '0.weight']
+    """
+    for layer in model.modules():
+        if hasattr(layer, "weight_mask") and hasattr(layer, "weight_orig"):
+            tprune.remove(layer, "weight")
+    return model
+
+
+def baked_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` with its masks baked in; ``model`` keeps its masks.
+
+    Introduced in notebook 05. (A masked layer's ``weight`` is recomputed from
+    ``weight_orig * weight_mask`` with autograd, which ``copy.deepcopy`` refuses; it is
+    recomputed here without autograd first.)
+
+    >>> m = nn.Linear(4, 2); _ = magnitude_prune(m, 0.5); hasattr(baked_copy(m), "weight_mask")
+    False
+    """
+    with torch.no_grad():
+        for layer in model.modules():
+            if hasattr(layer, "weight_mask") and hasattr(layer, "weight_orig"):
+                layer.weight = layer.weight_orig * layer.weight_mask
+    return remove_masks(copy.deepcopy(model))
+
+
+def magnitude_prune(model: nn.Module, sparsity: float, *, scope: str = "global") -> Masks:
+    """Compute magnitude masks (``scope`` "global" or "layer") and apply them in place.
+
+    Introduced in notebook 05. Returns the masks. Follow with fine-tuning (the masks stay
+    applied) and :func:`remove_masks`.
+
+    >>> m = nn.Sequential(nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 2))
+    >>> _ = magnitude_prune(m, 0.75, scope="layer"); sparsity(m)["total"]
+    0.75
+    """
+    if scope not in ("global", "layer"):
+        raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
+    masks = global_masks(model, sparsity) if scope == "global" else layerwise_masks(model,
+                                                                                  sparsity)
+    apply_masks(model, masks)
+    return masks
+
+
+def sparsity(model: nn.Module) -> dict[str, float]:
+    """Fraction of exact zeros in each prunable weight, plus ``"total"`` over all of them.
+
+    Introduced in notebook 05. Reads the weights the model computes with (masked or baked).
+
+    >>> m = nn.Linear(4, 1); _ = nn.init.zeros_(m.weight); sparsity(m)
+    {'': 1.0, 'total': 1.0}
+    """
+    layers = prunable_layers(model)
+    out, zeros, total = {}, 0, 0
+    for name, layer in layers.items():
+        w = _weight(layer)
+        z = int((w == 0).sum())
+        out[name] = z / w.numel()
+        zeros, total = zeros + z, total + w.numel()
+    out["total"] = zeros / total
+    return out
+
+
+@torch.no_grad()
+def sensitivity_scan(model: nn.Module, loader: Iterable, sparsities: Sequence[float] = (
+        0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98), *, progress: bool = True
+        ) -> dict[str, list[float]]:
+    """Accuracy on ``loader`` when one layer at a time is magnitude-pruned, others dense.
+
+    Introduced in notebook 05. Returns ``{layer name: [accuracy at each sparsity]}``: a
+    layer whose curve drops early is sensitive and should be pruned less. ``model`` is not
+    changed (each layer's weight is restored after its scan). Cost: one evaluation of
+    ``loader`` per layer and sparsity.
+
+    >>> scan = sensitivity_scan(baseline, data.loader("val"), (0.0, 0.9))  # doctest: +SKIP
+    >>> scan["features.0"]                                                  # doctest: +SKIP
+    [0.98, 0.61]
+    """
+    from tqdm.auto import tqdm
+
+    from .train import evaluate
+
+    for s in sparsities:
+        _check_sparsity(s)
+    model = baked_copy(model).eval()
+    layers = prunable_layers(model)
+    result: dict[str, list[float]] = {}
+    for name, layer in tqdm(layers.items(), desc="sensitivity", disable=not progress,
+                            leave=False):
+        original = layer.weight.detach().clone()
+        result[name] = []
+        for s in sparsities:
+            layer.weight.copy_(original * magnitude_mask(original, s))
+            result[name].append(evaluate(model, loader)["accuracy"])
+        layer.weight.copy_(original)
+    return result
