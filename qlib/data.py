@@ -203,14 +203,17 @@ def load_dataset(name: str = "embedded", **kwargs) -> Splits:
 
 
 def calibration_batches(splits: Splits, num_images: int = 256, batch_size: int = 64,
-                        which: str = "train") -> list[Tensor]:
-    """The first ``num_images`` images of a split as a list of batches (N, C, H, W).
+                        which: str = "train", seed: int = 0) -> list[Tensor]:
+    """``num_images`` images drawn at random (seeded) from a split, as batches (N, C, H, W).
 
     Used to calibrate observers (notebook 02) and ONNX Runtime (notebook 03). The training
-    split is the right source: calibrating on test images would leak the test set.
+    split is the right source: calibrating on test images would leak the test set. The
+    draw is random because the splits are stored sorted by class: their first images are
+    all zeros, and ranges calibrated on one digit fit the others badly.
     """
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1 (an empty calibration set cannot set "
                          f"ranges), got {num_images}")
-    x = splits.split(which).tensors[0][:num_images]
-    return list(x.split(batch_size))
+    x = splits.split(which).tensors[0]
+    pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:num_images]
+    return list(x[pick].split(batch_size))

@@ -48,6 +48,12 @@ def test_loader_shuffles_train_only_and_is_seeded(data):
 def test_calibration_batches(data):
     batches = calibration_batches(data, 100, 32)
     assert [len(b) for b in batches] == [32, 32, 32, 4]
+    # a seeded random draw: many classes, not the first (sorted) images of the split
+    x_train, y_train = data.train.tensors
+    rows = {r.numpy().tobytes(): int(c) for r, c in zip(x_train, y_train)}
+    classes = {rows[img.numpy().tobytes()] for b in batches for img in b}
+    assert len(classes) == 10
+    assert torch.equal(calibration_batches(data, 100, 32)[0], batches[0])
     with pytest.raises(ValueError, match="empty calibration set"):
         calibration_batches(data, 0)
 
