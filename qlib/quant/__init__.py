@@ -14,6 +14,8 @@ Modules, one idea each:
     packing     bit-packed storage: the real size of a quantized model      (notebook 02)
     kmeans      k-means weight sharing with a 2^b codebook                  (notebook 02)
     ptq         the PTQ flow, sensitivity, mixed precision, recipes         (notebook 02)
+    kernels     integer-only int8 kernels, fixed-point requantization       (notebook 03)
+    integer     integer-only models (to_integer), int8-integer recipe      (notebook 03)
 """
 
 from .affine import (EPS, choose_qparams, choose_qparams_per_group, dequantize,
