@@ -72,7 +72,13 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {}
 
 #: Modules that register recipes; :func:`load_recipes` imports them.
-PROVIDERS: tuple[str, ...] = ("qlib.quant.ptq", "qlib.quant.integer", "qlib.onnx", "qlib.prune_recipes", "qlib.compress")
+PROVIDERS: tuple[str, ...] = (
+    "qlib.quant.ptq",
+    "qlib.quant.integer",
+    "qlib.onnx",
+    "qlib.prune_recipes",
+    "qlib.compress",
+)
 
 
 def register(name: str, technique: str, description: str = "") -> Callable[[RecipeFn], RecipeFn]:
