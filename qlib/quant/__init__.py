@@ -14,10 +14,12 @@ Modules, one idea each:
     packing     bit-packed storage: the real size of a quantized model      (notebook 02)
     kmeans      k-means weight sharing with a 2^b codebook                  (notebook 02)
     ptq         the PTQ flow, sensitivity, mixed precision, recipes         (notebook 02)
+    analysis    per-layer weight / activation SQNR                          (notebook 02)
     kernels     integer-only int8 kernels, fixed-point requantization       (notebook 03)
     integer     integer-only models (to_integer), int8-integer recipe      (notebook 03)
 """
 
+from .analysis import activation_sqnr, weight_sqnr
 from .affine import (EPS, choose_qparams, choose_qparams_per_group, dequantize,
                      dequantize_per_group, fake_quantize, fake_quantize_per_group, qrange,
                      quantize, quantize_per_group)
@@ -49,5 +51,5 @@ __all__ = [
     "pack_bits", "unpack_bits", "packed_state", "unpack_state", "packed_size_bytes",
     "serialized_size", "kmeans_codebook", "kmeans_quantize_model",
     "ptq", "accuracy_on", "layer_sensitivity", "assign_bits", "weight_counts",
-    "packed_variant",
+    "packed_variant", "weight_sqnr", "activation_sqnr",
 ]
