@@ -77,6 +77,7 @@ PROVIDERS: tuple[str, ...] = (
     "qlib.quant.integer",
     "qlib.onnx",
     "qlib.prune_recipes",
+    "qlib.distill",
     "qlib.compress",
 )
 

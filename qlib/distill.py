@@ -1,0 +1,293 @@
+"""Knowledge distillation: soft targets, the Hinton loss, a hint loss and the teacher-student loop.
+
+Introduced in notebook 06. A larger, more accurate *teacher* is trained first (in the
+course: the baseline, 117k parameters); a small *student* (``student_model``, 7.7k) then
+learns from the teacher's softened predictions as well as from the labels (Hinton, Vinyals
+& Dean, 2015, "Distilling the knowledge in a neural network"). For logits z::
+
+    soft_targets(z, T) = softmax(z / T)                       (N, classes)
+    loss = alpha * T^2 * KL(softmax(z_t / T) || softmax(z_s / T))  (mean over the batch)
+         + (1 - alpha) * cross_entropy(z_s, y)
+
+The T^2 factor keeps the soft term's gradients the same size as T changes (they shrink
+as 1 / T^2 otherwise), so alpha means the same thing at every temperature.
+
+The knowledge flows one way: teacher -> student. The teacher is frozen (eval mode, no
+gradients) and sees the same augmented batch as the student. The recipes registered here
+(``teacher``, ``scratch-student``, ``kd-student``) are the report's distillation rows.
+
+>>> s, t = torch.tensor([[2.0, 0.0]]), torch.tensor([[2.0, 0.0]])
+>>> float(distillation_loss(s, t, torch.tensor([0]), temperature=4.0, alpha=1.0))
+0.0
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from . import set_seed
+from .data import Splits
+from .models import student_model
+from .recipes import Variant, register
+from .train import cached_training, fingerprint, fit
+
+__all__ = ["soft_targets", "distillation_loss", "hint_loss", "kd_loss_fn", "HintStudent",
+           "distill", "train_student", "STUDENT_RECIPE"]
+
+LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
+
+#: The students' shared budget: scratch and distilled students differ only in the loss.
+STUDENT_RECIPE = dict(epochs=8, lr=1e-2, batch_size=64, weight_decay=1e-4, max_shift=2,
+                      temperature=4.0, alpha=0.9, hint_weight=0.0)
+
+
+def _check_logits(logits: Tensor, name: str) -> None:
+    if not isinstance(logits, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(logits).__name__}")
+    if logits.ndim != 2:
+        raise ValueError(f"{name} must be (N, classes) logits, got shape "
+                         f"{tuple(logits.shape)}")
+
+
+def _check_temperature(temperature: float) -> None:
+    if not temperature > 0 or temperature != temperature or temperature == float("inf"):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+
+
+def soft_targets(logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """The softened distribution p_T = softmax(z / T) along the class axis.
+
+    Introduced in notebook 06. ``logits`` is (N, classes); the result has the same shape
+    and rows that sum to 1. T = 1 is the ordinary softmax; a larger T flattens it and
+    reveals how the model ranks the wrong classes (the "dark knowledge").
+
+    >>> soft_targets(torch.tensor([[2.0, 0.0]]), 2.0)
+    tensor([[0.7311, 0.2689]])
+    """
+    _check_logits(logits, "logits")
+    _check_temperature(temperature)
+    return torch.softmax(logits / temperature, dim=1)
+
+
+def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, *,
+                      temperature: float, alpha: float) -> Tensor:
+    """Hinton's loss: alpha * T^2 * KL(p_T(teacher) || p_T(student)) + (1 - alpha) * CE.
+
+    Introduced in notebook 06. Logits are (N, classes), ``targets`` (N,) class indices;
+    returns a 0-d tensor. The KL term sums over classes and averages over the batch
+    ("batchmean"): KL = mean_n sum_c p_t[n, c] * (log p_t[n, c] - log p_s[n, c]) with
+    p = softmax(z / T). Gradients flow to the student only; the teacher is detached.
+
+    >>> z = torch.tensor([[1.0, 0.0]])
+    >>> round(float(distillation_loss(z, z, torch.tensor([0]), temperature=2.0, alpha=0.0)), 4)
+    0.3133
+    """
+    _check_logits(student_logits, "student_logits")
+    _check_logits(teacher_logits, "teacher_logits")
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student and teacher logits must have the same shape (N, classes), "
+                         f"got {tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}")
+    if not isinstance(targets, Tensor) or targets.shape != student_logits.shape[:1]:
+        shape = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
+        raise ValueError(f"targets must be a (N,) tensor of class indices with N = "
+                         f"{student_logits.shape[0]}, got {shape}")
+    _check_temperature(temperature)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1] (the weight of the soft term), got {alpha!r}")
+    t = float(temperature)
+    log_p_s = F.log_softmax(student_logits / t, dim=1)            # (N, C)
+    log_p_t = F.log_softmax(teacher_logits.detach() / t, dim=1)   # (N, C)
+    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(1).mean()      # batchmean
+    ce = F.cross_entropy(student_logits, targets)
+    return alpha * t * t * kl + (1.0 - alpha) * ce
+
+
+def hint_loss(student_features: Tensor, teacher_features: Tensor, regressor: nn.Module
+              ) -> Tensor:
+    """FitNets hint: mean squared error between regressor(student features) and the teacher's.
+
+    Introduced in notebook 06 (optional section). Features are (N, C, H, W) maps with the
+    same H, W; ``regressor`` (a 1x1 conv, C_s -> C_t) maps the narrow student's channels
+    onto the teacher's. loss = mean((r(f_s) - f_t)^2) over every element.
+
+    >>> r = nn.Conv2d(2, 3, 1)
+    >>> hint_loss(torch.zeros(1, 2, 4, 4), r(torch.zeros(1, 2, 4, 4)), r).item()
+    0.0
+    """
+    mapped = regressor(student_features)
+    if mapped.shape != teacher_features.shape:
+        raise ValueError(f"regressor(student_features) has shape {tuple(mapped.shape)} but the "
+                         f"teacher features have {tuple(teacher_features.shape)}; they must match")
+    return F.mse_loss(mapped, teacher_features.detach())
+
+
+@contextmanager
+def _frozen(teacher: nn.Module) -> Iterator[nn.Module]:
+    """Run ``teacher`` in eval mode (dropout off, BN statistics fixed) without gradients,
+    then put its train / eval mode back as it was."""
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        with torch.no_grad():
+            yield teacher
+    finally:
+        teacher.train(was_training)
+
+
+def _split(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """(features, logits) of a model built as ``features`` then ``classifier`` (SmallCNN)."""
+    if not (hasattr(model, "features") and hasattr(model, "classifier")):
+        raise TypeError(f"a hint loss needs a model with .features and .classifier (as "
+                        f"qlib.models.SmallCNN), got {type(model).__name__}")
+    f = model.features(x)
+    return f, model.classifier(f)
+
+
+class HintStudent(nn.Module):
+    """A student plus the 1x1 conv regressor its hint loss trains (dropped after training).
+
+    ``fit`` optimises every parameter of the module it is given; wrapping both makes the
+    regressor learn with the student. ``forward`` is the student's.
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, example: Tensor) -> None:
+        super().__init__()
+        with _frozen(teacher):
+            c_s = _split(student, example)[0].shape[1]
+            c_t = _split(teacher, example)[0].shape[1]
+        self.student, self.regressor = student, nn.Conv2d(c_s, c_t, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.student(x)
+
+
+def kd_loss_fn(teacher: nn.Module, *, temperature: float, alpha: float,
+               hint_weight: float = 0.0) -> LossFn:
+    """A ``loss_fn(model, x, y)`` for :func:`qlib.train.fit` that distils ``teacher``.
+
+    Introduced in notebook 06. On each (already augmented) batch x (N, C, H, W) the frozen
+    teacher runs in eval mode under ``no_grad``; the loss is :func:`distillation_loss`, plus
+    ``hint_weight * hint_loss`` when ``model`` is a :class:`HintStudent`.
+    """
+    _check_temperature(temperature)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    if hint_weight < 0:
+        raise ValueError(f"hint_weight must be >= 0, got {hint_weight!r}")
+
+    def loss_fn(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        use_hint = hint_weight > 0 and isinstance(model, HintStudent)
+        with _frozen(teacher):
+            f_t, z_t = _split(teacher, x) if use_hint else (None, teacher(x))
+        if not use_hint:
+            return distillation_loss(model(x), z_t, y, temperature=temperature, alpha=alpha)
+        f_s, z_s = _split(model.student, x)
+        return (distillation_loss(z_s, z_t, y, temperature=temperature, alpha=alpha)
+                + hint_weight * hint_loss(f_s, f_t, model.regressor))
+    return loss_fn
+
+
+def distill(student: nn.Module, teacher: nn.Module, train_loader: DataLoader, *,
+            temperature: float = 4.0, alpha: float = 0.9, hint_weight: float = 0.0,
+            epochs: int = 8, lr: float = 1e-2, weight_decay: float = 1e-4, max_shift: int = 2,
+            val_loader: DataLoader | None = None, seed: int = 0, progress: bool = True
+            ) -> dict[str, list[float]]:
+    """Train ``student`` in place from ``teacher`` (frozen, left as it was); returns fit's history.
+
+    Introduced in notebook 06. Same optimiser, schedule and augmentation as
+    :func:`qlib.train.fit`; only the loss differs, so a scratch student trained with
+    ``fit`` on the same settings is a fair comparison. ``hint_weight > 0`` adds the
+    FitNets hint on the two models' ``features`` outputs.
+    """
+    model: nn.Module = student
+    if hint_weight > 0:
+        model = HintStudent(student, teacher, next(iter(train_loader))[0][:2])
+    hist = fit(model, train_loader, epochs=epochs, lr=lr, weight_decay=weight_decay,
+               loss_fn=kd_loss_fn(teacher, temperature=temperature, alpha=alpha,
+                                  hint_weight=hint_weight),
+               max_shift=max_shift, val_loader=val_loader, seed=seed, progress=progress,
+               desc="distil")
+    student.eval()
+    return hist
+
+
+def train_student(mode: str, data: Splits, teacher: nn.Module | None = None, *, seed: int = 0,
+                  cache: bool = True, progress: bool = True, **overrides) -> nn.Module:
+    """A ``student_model`` trained from scratch (``mode="scratch"``) or distilled (``"kd"``).
+
+    Introduced in notebook 06. Both use :data:`STUDENT_RECIPE` (``overrides`` change any of
+    its entries), the same seed, initial weights, optimiser and augmentation: only the loss
+    differs, so the two are a fair comparison. ``teacher`` (needed for ``"kd"``) is the
+    trained course baseline in the course. With ``cache=True`` the result is stored under
+    ``data/models/student-{mode}-...pt`` (keyed on the settings, the seed, the dataset and
+    the teacher's weights) and loaded on the next call.
+
+    >>> teacher, data = qlib.get_baseline()                       # doctest: +SKIP
+    >>> student = train_student("kd", data, teacher, seed=1)       # doctest: +SKIP
+    """
+    if mode not in ("scratch", "kd"):
+        raise ValueError(f"mode must be 'scratch' or 'kd', got {mode!r}")
+    if mode == "kd" and teacher is None:
+        raise ValueError("mode 'kd' needs a trained teacher (e.g. qlib.get_baseline()[0])")
+    unknown = set(overrides) - set(STUDENT_RECIPE)
+    if unknown:
+        raise ValueError(f"unknown student settings {sorted(unknown)}; allowed: "
+                         f"{sorted(STUDENT_RECIPE)}")
+    s = {**STUDENT_RECIPE, **overrides}
+    if mode == "scratch":  # the soft-target settings do not apply
+        s.update(temperature=None, alpha=None, hint_weight=None)
+    c, h, _ = data.input_shape
+    recipe = dict(mode=mode, dataset=data.name, seed=seed, size=len(data.train), **s,
+                  teacher=fingerprint(teacher) if mode == "kd" else None)
+
+    def build() -> nn.Module:
+        set_seed(seed)
+        return student_model(data.num_classes, c, h)
+
+    def train(student: nn.Module) -> None:
+        loader = data.loader("train", s["batch_size"], seed=seed)
+        common = dict(epochs=s["epochs"], lr=s["lr"], weight_decay=s["weight_decay"],
+                      max_shift=s["max_shift"], seed=seed, progress=progress)
+        if mode == "scratch":
+            fit(student, loader, desc="scratch", **common)
+        else:
+            distill(student, teacher, loader, temperature=s["temperature"], alpha=s["alpha"],
+                    hint_weight=s["hint_weight"], **common)
+
+    if not cache:
+        student = build()
+        train(student)
+        return student.eval()
+    return cached_training(f"student-{mode}-{data.name}", recipe, build, train)
+
+
+# --- recipes for the report (notebook 07): the teacher is the course baseline ----------------
+
+@register("teacher", "distillation", "the teacher of kd-student: the fp32 course baseline")
+def teacher_recipe(baseline: nn.Module, data: Splits) -> Variant:
+    """The teacher's own row (the course baseline, 117k params), for reading students against."""
+    return Variant.from_module("teacher", "distillation", copy.deepcopy(baseline),
+                               role="teacher")
+
+
+@register("scratch-student", "distillation", "narrow student (7.7k params) trained on labels")
+def scratch_student_recipe(baseline: nn.Module, data: Splits) -> Variant:
+    """The small student trained alone on the labels (the control for kd-student)."""
+    student = train_student("scratch", data, seed=0, progress=False)
+    return Variant.from_module("scratch-student", "distillation", student, role="scratch")
+
+
+@register("kd-student", "distillation", "the same student, same budget, distilled from the baseline")
+def kd_student_recipe(baseline: nn.Module, data: Splits) -> Variant:
+    """The small student distilled from the baseline (T and alpha from STUDENT_RECIPE)."""
+    student = train_student("kd", data, baseline, seed=0, progress=False)
+    return Variant.from_module("kd-student", "distillation", student, role="kd",
+                               temperature=STUDENT_RECIPE["temperature"],
+                               alpha=STUDENT_RECIPE["alpha"])
