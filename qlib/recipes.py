@@ -75,6 +75,7 @@ RECIPES: dict[str, Recipe] = {}
 PROVIDERS: tuple[str, ...] = (
     "qlib.quant.ptq",
     "qlib.quant.integer",
+    "qlib.quant.qat",
     "qlib.onnx",
     "qlib.prune_recipes",
     "qlib.distill",

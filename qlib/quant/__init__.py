@@ -16,6 +16,8 @@ Modules, one idea each:
     ptq         the PTQ flow, sensitivity, mixed precision, recipes         (notebook 02)
     analysis    per-layer weight / activation SQNR                          (notebook 02)
     kernels     integer-only int8 kernels, fixed-point requantization       (notebook 03)
+    lsq         straight-through estimator, learned step size (LSQ)         (notebook 04)
+    qat         quantization-aware training flow, QAT recipes               (notebook 04)
     integer     integer-only models (to_integer), int8-integer recipe      (notebook 03)
 """
 
