@@ -63,20 +63,36 @@ def plot_tradeoff(rows: Sequence[dict], x: str = "size_bytes", y: str = "accurac
 
     if not rows:
         raise ValueError("no rows to plot")
-    xs = np.array([r[x] for r in rows], float)
+    scale = 1024 if x == "size_bytes" else 1  # show sizes in KiB
+    xs = np.array([r[x] for r in rows], float) / scale
     ys = np.array([r[y] for r in rows], float) * (100 if y in ("accuracy", "f1") else 1)
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = plt.subplots(figsize=(7, 4.4))
     ax.scatter(xs, ys, color="tab:blue", zorder=3)
+    # one label per spot: variants that land (nearly) on the same point share it ("a, b")
+    spots: list[tuple[float, float, list[str]]] = []
     for r, xi, yi in zip(rows, xs, ys):
-        ax.annotate(r["name"], (xi, yi), fontsize=8, xytext=(4, 3), textcoords="offset points")
+        near = [sp for sp in spots if abs(np.log10(max(xi, 1e-12) / max(sp[0], 1e-12))) < 0.03
+                and abs(yi - sp[1]) < 0.05]
+        if near:
+            near[0][2].append(r["name"])
+        else:
+            spots.append((xi, yi, [r["name"]]))
+    for xi, yi, names in spots:
+        ax.annotate(", ".join(names), (xi, yi), fontsize=7, xytext=(4, 3),
+                    textcoords="offset points")
     front = pareto_front(xs, ys)
     ax.step(xs[front], ys[front], where="post", color="tab:orange", label="Pareto front",
             zorder=2)
     if log_x:
         ax.set_xscale("log")
-    unit = {"size_bytes": "size on disk (bytes)", "latency_ms": "latency, batch 1 (ms)"}
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+        ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    unit = {"size_bytes": "size on disk (KiB)", "latency_ms": "latency, batch 1 (ms)"}
     ax.set(xlabel=unit.get(x, x), ylabel=f"{y} (%)" if y in ("accuracy", "f1") else y,
-           title=title or f"{y} vs {x}")
+           title=title or f"{y} vs {unit.get(x, x)}")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
