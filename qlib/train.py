@@ -13,6 +13,7 @@ True
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -157,8 +158,19 @@ BASELINE_RECIPE = dict(model="course", dataset="embedded", epochs=12, lr=3e-3, b
                        weight_decay=1e-4, max_shift=2, seed=0)
 
 
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """A hash of qlib's own source files: part of every cache key, so that a cached model is
+    never reused after the code that trained it changed (an update retrains, once)."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).resolve().parent.rglob("*.py")):
+        h.update(path.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def _key(recipe: dict) -> str:
-    blob = json.dumps({**recipe, "torch": torch.__version__.split("+")[0]}, sort_keys=True)
+    blob = json.dumps({**recipe, "torch": torch.__version__.split("+")[0],
+                       "qlib": code_version()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -178,7 +190,8 @@ def cached_training(name: str, recipe: dict, build: Callable[[], nn.Module],
     """``build()`` a model, then load its trained weights from the cache or ``train`` it.
 
     The cache file is ``data/models/{name}-{key}.pt``, ``key`` a hash of ``recipe`` (a JSON-
-    able dict of everything that determines the weights) and the torch version; it holds
+    able dict of everything that determines the weights), the torch version and
+    :func:`code_version`; it holds
     the state dict and the recipe. A file that fails to load, holds another recipe or does
     not fit the architecture is retrained and overwritten with a one-line message, never a
     crash. ``build`` must be deterministic (seed inside it); ``train(model)`` trains in place.
