@@ -32,9 +32,10 @@ from torch import Tensor, nn
 
 from .data import Splits
 from .entropy import huffman_decode, huffman_encode
+from .prune import magnitude_prune, prunable_layers, remove_masks
 from .recipes import Variant, register
 
-__all__ = ["encode_layer", "decode_layer", "pack", "unpack", "share_weights",
+__all__ = ["CODED", "encode_layer", "decode_layer", "pack", "unpack", "share_weights",
            "finetune_codebooks", "choose_bits", "save_compressed", "load_compressed", "deep_compress"]
 
 _FILLER = -1  # index-stream symbol for a filler entry (a zero that only advances position)
@@ -113,13 +114,6 @@ def unpack(blob: bytes) -> dict[str, bytes]:
     return out
 
 
-def _layers(model: nn.Module) -> dict[str, nn.Module]:
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
-    if not layers:
-        raise ValueError(f"{type(model).__name__} has no Conv2d or Linear layer to compress")
-    return layers
-
-
 @torch.no_grad()
 def share_weights(model: nn.Module, bits: Mapping[str, int]) -> dict[str, Tensor]:
     """k-means-share each listed layer's non-zero weights in place; returns the codebooks.
@@ -128,7 +122,7 @@ def share_weights(model: nn.Module, bits: Mapping[str, int]) -> dict[str, Tensor
     """
     from .quant import kmeans_codebook
 
-    layers, books = _layers(model), {}
+    layers, books = prunable_layers(model), {}
     for name, b in bits.items():
         if name not in layers:
             raise ValueError(f"no Conv2d/Linear layer named {name!r}; layers: {list(layers)}")
@@ -168,7 +162,7 @@ def finetune_codebooks(model: nn.Module, codebooks: Mapping[str, Tensor], data: 
 
     from .train import fit
 
-    layers = _layers(model)
+    layers = prunable_layers(model)
     for name, cb in codebooks.items():
         w = layers[name].weight.detach()
         keep = w != 0
@@ -194,7 +188,7 @@ def choose_bits(model: nn.Module, data: Splits, *, candidates=(2, 3, 4, 5, 6),
     loader = data.loader("val", 500)
     ref = evaluate(model, loader)["accuracy"]
     bits = {}
-    for name in _layers(model):
+    for name in prunable_layers(model):
         bits[name] = max(candidates)
         for b in sorted(candidates):
             trial = copy.deepcopy(model)
@@ -205,15 +199,20 @@ def choose_bits(model: nn.Module, data: Splits, *, candidates=(2, 3, 4, 5, 6),
     return bits
 
 
+#: Entry-name prefix of a coded (pruned, shared, Huffman) weight in the container.
+CODED = "coded:"
+
+
 def save_compressed(model: nn.Module, codebooks: Mapping[str, Tensor], *,
                     gap_bits: int = 4) -> bytes:
-    """The whole model as bytes: coded layers for ``codebooks``' keys, float16 for the rest."""
-    layers = _layers(model)
-    entries = {}
-    for name, cb in codebooks.items():
-        entries[f"{name}.weight"] = encode_layer(layers[name].weight, cb, gap_bits=gap_bits)
+    """The whole model as bytes: coded layers for ``codebooks``' keys (entries named
+    ``coded:{layer}.weight``), float16 for the rest of the state dict."""
+    layers = prunable_layers(model)
+    coded = {f"{name}.weight": encode_layer(layers[name].weight, cb, gap_bits=gap_bits)
+             for name, cb in codebooks.items()}
+    entries = {CODED + key: payload for key, payload in coded.items()}
     for key, t in model.state_dict().items():
-        if key not in entries and t.is_floating_point():
+        if key not in coded and t.is_floating_point():
             entries[key] = t.detach().half().numpy().tobytes()
     return pack(entries)
 
@@ -222,12 +221,11 @@ def load_compressed(blob: bytes, template: nn.Module) -> nn.Module:
     """Rebuild a model from :func:`save_compressed` bytes into a copy of ``template``."""
     model = copy.deepcopy(template)
     state = model.state_dict()
-    for key, payload in unpack(blob).items():
+    for entry, payload in unpack(blob).items():
+        key = entry.removeprefix(CODED)
         if key not in state:
             raise ValueError(f"the file holds {key!r}, which the template model lacks")
-        if key.endswith(".weight") and key[:-7] in dict(model.named_modules()) and isinstance(
-                dict(model.named_modules())[key[:-7]], (nn.Conv2d, nn.Linear)) and len(
-                payload) != 2 * state[key].numel():
+        if entry.startswith(CODED):
             state[key] = decode_layer(payload)
         else:
             state[key] = torch.from_numpy(np.frombuffer(payload, np.float16).astype(
@@ -247,7 +245,6 @@ def deep_compress(baseline: nn.Module, data: Splits, *, sparsity: float = 0.92,
     "layer_bytes"}``. ``loss_fn(model, x, y)`` replaces cross-entropy in both fine-tunings
     (pass a distillation loss to put a teacher in the loop); ``centroid_epochs=0`` skips
     trained quantization. Does not modify ``baseline``."""
-    from .prune import magnitude_prune, remove_masks
     from .train import cached_training, fingerprint, fit
 
     recipe = dict(stage="pruned", sparsity=sparsity, epochs=epochs, lr=lr, seed=seed,
@@ -269,10 +266,10 @@ def deep_compress(baseline: nn.Module, data: Splits, *, sparsity: float = 0.92,
                                    loss_fn=loss_fn, seed=seed, progress=progress)
     blob = save_compressed(shared, books, gap_bits=gap_bits)
     layer_bytes = {k: len(v) for k, v in unpack(blob).items()}
-    total = sum(int((m.weight != 0).sum()) for m in _layers(shared).values())
+    total = sum(int((m.weight != 0).sum()) for m in prunable_layers(shared).values())
     return load_compressed(blob, baseline), blob, dict(
         bits=bits, layer_bytes=layer_bytes,
-        sparsity=1 - total / sum(m.weight.numel() for m in _layers(shared).values()))
+        sparsity=1 - total / sum(m.weight.numel() for m in prunable_layers(shared).values()))
 
 
 @register("deep-compression", "pipeline",

@@ -49,6 +49,8 @@ def test_model_round_trip_and_size():
     w_back, w = back.classifier[2].weight, model.classifier[2].weight
     assert torch.equal(w_back == 0, w == 0)
     assert len(blob) < 474_355 / 20  # over 20x smaller than the fp32 state dict
+    assert sorted(k for k in unpack(blob) if k.startswith("coded:")) == sorted(
+        f"coded:{n}.weight" for n in books)
 
 
 def test_finetune_codebooks_trains_only_centroids(data):
@@ -72,5 +74,5 @@ def test_pack_round_trip_and_bad_input():
         share_weights(course_model(), {"nope": 3})
     with pytest.raises(ValueError, match="lacks"):
         load_compressed(pack({"zzz": b"\x00\x00"}), course_model())
-    with pytest.raises(ValueError, match="no Conv2d or Linear"):
+    with pytest.raises(ValueError, match="Conv2d and Linear"):
         share_weights(torch.nn.ReLU(), {})
