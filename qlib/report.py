@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from .recipes import Variant, evaluate_variant, load_recipes
+from .recipes import baseline_variant, evaluate_variant, load_recipes
 
 __all__ = ["build_report", "write_report", "markdown_table", "verdict"]
 
@@ -73,7 +73,7 @@ def build_report(only: Sequence[str] | None = None, *, dataset: str = "embedded"
     from tqdm.auto import tqdm
 
     from .plots import pareto_front
-    from .train import BASELINE_RECIPE, get_trained
+    from .train import get_baseline
 
     recipes = load_recipes()
     names = list(only) if only else list(recipes)
@@ -81,10 +81,8 @@ def build_report(only: Sequence[str] | None = None, *, dataset: str = "embedded"
     if unknown:
         raise ValueError(f"unknown recipe(s) {unknown}; registered: {sorted(recipes)}")
     start = time.perf_counter()
-    baseline, data = get_trained(**{**BASELINE_RECIPE, "model": model, "dataset": dataset,
-                                    "progress": progress})
-    base = evaluate_variant(Variant.from_module("baseline", "fp32", baseline), data,
-                            latency_repeats=latency_repeats)
+    baseline, data = get_baseline(model=model, dataset=dataset, progress=progress)
+    base = evaluate_variant(baseline_variant(baseline), data, latency_repeats=latency_repeats)
     _derive(base, base)
     variants, failed = [], []
     bar = tqdm(names, desc="recipes", disable=not progress)
@@ -113,7 +111,7 @@ def build_report(only: Sequence[str] | None = None, *, dataset: str = "embedded"
 
 
 def markdown_table(rows: Sequence[dict], baseline: dict) -> str:
-    """Rows as a markdown table with ratios against the baseline."""
+    """Rows (from :func:`build_report`, with ``compression`` derived) as a markdown table."""
     head = ("| name | technique | accuracy % (95% CI) | macro F1 % | McNemar p | size KB | "
             "smaller | latency ms | params | non-zeros | agreement % |\n|" + "---|" * 11 + "\n")
     lines = []
@@ -122,8 +120,7 @@ def markdown_table(rows: Sequence[dict], baseline: dict) -> str:
         lines.append(
             f"| {r['name']} | {r['technique']} | {100 * r['accuracy']:.2f} "
             f"({100 * lo:.1f}–{100 * hi:.1f}) | {100 * r['f1']:.2f} | {r['mcnemar_p']:.3f} | "
-            f"{r['size_bytes'] / 1024:.1f} | "
-            f"{baseline['size_bytes'] / max(r['size_bytes'], 1):.1f}x | "
+            f"{r['size_bytes'] / 1024:.1f} | {r['compression']:.1f}x | "
             f"{r['latency_ms']:.3f} | {r['params']:,} | {r['nonzeros']:,} | "
             f"{100 * r['agreement']:.1f} |")
     return head + "\n".join(lines) + "\n"

@@ -57,13 +57,11 @@ def ptq(model: nn.Module, calibration: Splits | Iterable | None = None,
     return freeze(qmodel)
 
 
-@torch.no_grad()
 def accuracy_on(model: nn.Module, data: Splits, split: str = "val") -> float:
-    """Top-1 accuracy (fraction) of a model on one split of ``data``."""
-    x, y = data.split(split).tensors
-    model.eval()
-    preds = torch.cat([model(xb).argmax(1) for xb in x.split(500)])
-    return float((preds == y).float().mean())
+    """Top-1 accuracy (fraction) of a model on one split of ``data`` (qlib.train.evaluate)."""
+    from ..train import evaluate
+
+    return evaluate(model, data.loader(split, 500))["accuracy"]
 
 
 def layer_sensitivity(model: nn.Module, data: Splits, bits: Iterable[int] = (2, 3, 4, 8), *,
