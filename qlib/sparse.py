@@ -3,7 +3,8 @@
 Introduced in notebook 05. A pruned weight with N entries of which nnz are non-zero is
 stored as
 
-    bitmask  ceil(N / 8) bytes         1 bit per entry, 1 = kept (MSB first, as numpy.packbits)
+    bitmask  ceil(N / 8) bytes         1 bit per entry, 1 = kept (first entry in the lowest
+                                       bit: qlib.quant.packing's 1-bit stream)
     values   nnz * b bytes             the kept entries in row-major order, b = 4 (float32,
                                        lossless), 2 (float16) or 1 (int8, symmetric per tensor)
 
@@ -16,7 +17,7 @@ The file is a ``torch.save`` of plain dicts, lists and tensors, so ``torch.load`
 ``weights_only=True`` reads it.
 
 >>> pack_bits(torch.tensor([True, False, True, True, False, False, False, False, True]))
-tensor([176, 128], dtype=torch.uint8)
+tensor([13,  1], dtype=torch.uint8)
 """
 
 from __future__ import annotations
@@ -28,37 +29,36 @@ from typing import BinaryIO
 import torch
 from torch import Tensor, nn
 
+from .quant import packing
+
 __all__ = ["FORMAT", "VALUE_DTYPES", "pack_bits", "unpack_bits", "encode_sparse",
            "decode_sparse", "save_sparse", "load_sparse", "sparse_size_bytes"]
 
-FORMAT = "qlib-sparse/1"
+FORMAT = "qlib-sparse/2"  # /2: bitmask in packing's bit order (first entry lowest)
 #: How the kept values may be stored, and their bytes each.
 VALUE_DTYPES = {"float32": 4, "float16": 2, "int8": 1}
 
-_SHIFTS = torch.arange(7, -1, -1, dtype=torch.uint8)  # bit 7 (MSB) holds the first entry
 
 
 def pack_bits(mask: Tensor) -> Tensor:
-    """Pack a bool tensor into uint8, 8 entries per byte, first entry in the top bit.
+    """Pack a bool tensor into uint8, 8 entries per byte, the first entry in the lowest bit.
 
-    Introduced in notebook 05. Shape (N,) or any shape (flattened) -> (ceil(N / 8),);
-    the last byte is padded with zeros. Same bytes as ``numpy.packbits``.
+    Introduced in notebook 05. Shape (N,) or any shape (flattened) -> (ceil(N / 8),); the
+    last byte is padded with zeros. The 1-bit case of :func:`qlib.quant.packing.pack_bits`
+    (same bytes as ``numpy.packbits(..., bitorder="little")``).
 
     >>> pack_bits(torch.tensor([True] * 8 + [False, True]))
-    tensor([255,  64], dtype=torch.uint8)
+    tensor([255,   2], dtype=torch.uint8)
     """
     if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
         raise TypeError("pack_bits needs a bool tensor (True = kept)")
-    flat = mask.flatten()
-    pad = (-flat.numel()) % 8
-    bits = torch.cat([flat, flat.new_zeros(pad)]).view(-1, 8).to(torch.uint8)  # (B, 8)
-    return (bits << _SHIFTS).sum(1, dtype=torch.uint8)
+    return packing.pack_bits(mask.flatten().to(torch.int64), 1, signed=False)
 
 
 def unpack_bits(packed: Tensor, numel: int) -> Tensor:
     """Inverse of :func:`pack_bits`: the first ``numel`` bits as a bool tensor (numel,).
 
-    >>> unpack_bits(torch.tensor([176], dtype=torch.uint8), 4)
+    >>> unpack_bits(torch.tensor([13], dtype=torch.uint8), 4)
     tensor([ True, False,  True,  True])
     """
     if packed.dtype != torch.uint8 or packed.ndim != 1:
@@ -66,8 +66,7 @@ def unpack_bits(packed: Tensor, numel: int) -> Tensor:
     if not 0 <= numel <= 8 * packed.numel():
         raise ValueError(f"numel must be in [0, {8 * packed.numel()}] for {packed.numel()} "
                          f"bytes, got {numel}")
-    bits = (packed.unsqueeze(1) >> _SHIFTS) & 1  # (B, 8)
-    return bits.flatten()[:numel].bool()
+    return packing.unpack_bits(packed, 1, numel, signed=False).bool()
 
 
 def _check_values(values: str) -> None:

@@ -1,4 +1,4 @@
-"""Tests for qlib.sparse: bit packing equals numpy.packbits, the file round-trips exactly in
+"""Tests for qlib.sparse: bit packing equals numpy.packbits (little bit order), the file round-trips exactly in
 float32 (approximately in float16 / int8), and pruning really shrinks the file."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def test_pack_bits_equals_numpy_and_unpacks(n: int) -> None:
     mask = torch.rand(n) < 0.3
     packed = pack_bits(mask)
     assert packed.dtype == torch.uint8 and packed.numel() == (n + 7) // 8
-    assert np.array_equal(packed.numpy(), np.packbits(mask.numpy()))
+    assert np.array_equal(packed.numpy(), np.packbits(mask.numpy(), bitorder="little"))
     assert torch.equal(unpack_bits(packed, n), mask)
 
 
