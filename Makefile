@@ -26,11 +26,11 @@ lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env \
-		--nbval-cell-timeout=$(NB_TIMEOUT) --durations=15
+	$(BIN)/python -m pytest tests qlib notebooks --doctest-modules --nbval-lax \
+		--nbval-current-env --nbval-cell-timeout=$(NB_TIMEOUT) --durations=15
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests qlib --doctest-modules
 
 notebooks: $(STAMP)
 	$(BIN)/python -m pytest notebooks --nbval-lax --nbval-current-env \
@@ -40,7 +40,7 @@ report: $(STAMP)
 	$(BIN)/python -m qlib report --out $(OUT)
 
 workbook: $(STAMP)
-	$(BIN)/python -m qlib.workbook
+	$(BIN)/python -m qlib workbook
 
 clean:
 	rm -rf $(VENV) data/models reports

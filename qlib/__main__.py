@@ -1,19 +1,38 @@
-"""Command line: ``python -m qlib report --out DIR [--only NAME ...]`` and ``python -m qlib list``."""
+"""The one command line: ``python -m qlib report | list | deploy | workbook``.
+
+    report    evaluate the baseline and every recipe into DIR (report.json, report.md, PNGs)
+    list      name every recipe, its technique and what it does
+    deploy    the deploy benchmark: fp32 and int8 runtimes side by side (notebook 03)
+    workbook  write (or --check) the student copies of the notebooks
+
+Output locations are checked before any work starts.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ._util import markdown_table
+from .course.workbook import NOTEBOOKS, generate
+from .data import DATASETS, DownloadError
+from .deploy import BENCH_MODELS, COLUMNS, benchmark, summary, write_rows
+from .deploy_lm import LM_COLUMNS, lm_suite, lm_summary
+from .models import MODELS
+from .recipes import load_recipes
+from .report import TASKS, build_lm_report, build_report, lm_table, report_table, write_report
 
 
-def main(argv: list[str] | None = None) -> int:
-    from .data import DATASETS
-    from .models import MODELS
-
-    parser = argparse.ArgumentParser(prog="python -m qlib", description=__doc__)
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m qlib", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     rep = sub.add_parser("report", help="evaluate the baseline and the recipes into DIR")
     rep.add_argument("--out", required=True, help="output folder (created if missing)")
+    rep.add_argument("--task", default="vision", choices=TASKS,
+                     help="vision: the CNN baseline and its recipes (default); lm: the course "
+                          "language model and its recipes (notebook 09)")
     rep.add_argument("--only", nargs="+", metavar="NAME", help="run only these recipes")
     rep.add_argument("--dataset", default="embedded", choices=DATASETS,
                      help="data for the baseline and recipes (default: the offline MNIST "
@@ -22,29 +41,134 @@ def main(argv: list[str] | None = None) -> int:
                      help="the baseline architecture (default: course)")
     rep.add_argument("--no-progress", action="store_true", help="hide progress bars")
     sub.add_parser("list", help="list the registered recipes")
-    args = parser.parse_args(argv)
+    dep = sub.add_parser("deploy", help="the deploy benchmark (fp32 vs int8 runtimes)")
+    dep.add_argument("--suite", choices=("cnn", "lm"), default="cnn",
+                     help="cnn: the course CNN and ResNet-18, fp32 vs int8 (notebook 03); lm: "
+                          "LLM-sized layers, fp32 vs MatMulNBits int4/int8 (notebook 09)")
+    dep.add_argument("--json", type=Path, help="write the rows here (a JSON list)")
+    dep.add_argument("--models", nargs="+", default=list(BENCH_MODELS), choices=BENCH_MODELS)
+    dep.add_argument("--threads", type=int, default=1, help="threads per runtime (default 1)")
+    dep.add_argument("--image-size", type=int, default=224, help="ResNet input side (224)")
+    dep.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    dep.add_argument("--scale", type=float, default=1.0, help="multiply the timing budget")
+    dep.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    dep.add_argument("--compile-timeout", type=float, default=120.0,
+                     help="seconds allowed for the torch.compile warm-up (default 120)")
+    dep.add_argument("--no-progress", action="store_true")
+    wb = sub.add_parser("workbook", help="write the student copies notebooks/workbook/")
+    wb.add_argument("--check", action="store_true",
+                    help="write nothing; exit 1 if a student copy is missing or stale")
+    wb.add_argument("--src", default=str(NOTEBOOKS), help="instructor notebooks folder")
+    wb.add_argument("--out", default=None, help="student copies (default SRC/workbook)")
+    return parser
 
-    from .recipes import load_recipes
 
-    if args.command == "list":
-        for r in load_recipes().values():
-            print(f"{r.name:20s} {r.technique:14s} {r.description}")
-        return 0
-
-    from .data import DownloadError
-    from .report import build_report, markdown_table, write_report
-
+def _writable_dir(path: Path) -> str | None:
+    """Why ``path`` cannot take output files, or None when it can (created if missing)."""
+    if path.exists() and not path.is_dir():
+        return f"{path} is a file, not a folder"
     try:
-        report = build_report(args.only, dataset=args.dataset, model=args.model,
-                              progress=not args.no_progress)
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".qlib-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        return f"{path} is not writable ({err.strerror or err})"
+    return None
+
+
+def _check_outputs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Fail in one line, before any work, when an output location cannot be written."""
+    out = getattr(args, "out", None)
+    if args.command == "report" and (why := _writable_dir(Path(out))):
+        parser.error(f"--out: {why}")
+    path = getattr(args, "json", None)
+    if path is not None:
+        if path.is_dir():
+            parser.error(f"--json: {path} is a folder; give a file name such as {path}/rows.json")
+        if why := _writable_dir(path.parent):
+            parser.error(f"--json: {why}")
+
+
+def _report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    try:
+        if args.task == "lm":
+            report = build_lm_report(args.only, progress=not args.no_progress)
+        else:
+            report = build_report(args.only, dataset=args.dataset, model=args.model,
+                                  progress=not args.no_progress)
     except (ValueError, DownloadError) as err:
         parser.error(str(err))
     paths = write_report(report, args.out)
-    print(markdown_table(report["variants"], report["baseline"]))
+    table = lm_table if args.task == "lm" else report_table
+    print(table(report["variants"], report["baseline"]))
     print("wrote " + ", ".join(str(p) for p in paths))
     for f in report["failed"]:
         print(f"FAILED {f['name']}: {f['error']}", file=sys.stderr)
     return 1 if report["failed"] else 0
+
+
+def _deploy_lm(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    rows = lm_suite(threads=args.threads, progress=not args.no_progress)
+    print(markdown_table(rows, LM_COLUMNS))
+    for line in lm_summary(rows):
+        print(line)
+    if args.json:
+        print(f"wrote {write_rows(rows, args.json)}")
+    return 0
+
+
+def _deploy(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.suite == "lm":
+        return _deploy_lm(args, parser)
+    phases: dict[str, float] = {}
+    try:
+        rows = benchmark(args.models, threads=args.threads, image_size=args.image_size,
+                         rounds=args.rounds, scale=args.scale, compile=not args.no_compile,
+                         compile_timeout=args.compile_timeout, progress=not args.no_progress,
+                         phases=phases)
+    except ValueError as err:
+        parser.error(str(err))
+    print(markdown_table(rows, COLUMNS))
+    print(f"threads per runtime: {args.threads}; seconds: " + ", ".join(
+        f"{k} {v:.0f}" for k, v in phases.items()) + f", total {sum(phases.values()):.0f}")
+    for line in summary(rows):
+        print(line)
+    if args.json:
+        print(f"wrote {write_rows(rows, args.json)}")
+    return 0
+
+
+def _workbook(args: argparse.Namespace) -> int:
+    try:
+        states = generate(args.src, args.out, check=args.check)
+    except ValueError as err:
+        print(f"workbook: {err}", file=sys.stderr)
+        return 1
+    for name, state in states.items():
+        print(f"{state:13s} {name}")
+    bad = [n for n, s in states.items() if s in ("stale", "missing", "orphan")]
+    if bad and args.check:
+        print(f"workbook: {len(bad)} student copies out of date: run `make workbook`",
+              file=sys.stderr)
+    return 1 if bad and args.check else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _check_outputs(args, parser)
+    if args.command == "list":
+        for r in load_recipes().values():
+            print(f"{r.name:20s} {r.technique:14s} {r.description}")
+        return 0
+    if args.command == "report":
+        return _report(args, parser)
+    if args.command == "deploy":
+        return _deploy(args, parser)
+    return _workbook(args)
 
 
 if __name__ == "__main__":

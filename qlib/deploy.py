@@ -1,6 +1,8 @@
 """The deploy benchmark: fp32 and int8 runtimes side by side, measured in one process.
 
-Introduced in notebook 03. ``python -m qlib.bench deploy --json FILE`` measures the trained
+Introduced in notebook 03. :func:`benchmark` returns the rows (a list of dicts);
+``python -m qlib deploy --json FILE`` (alias: ``python -m qlib.bench deploy``) prints and
+writes them. It measures the trained
 course model and a ResNet-18 (random weights, 3x224x224) as
 
     eager    fp32  PyTorch eager
@@ -27,7 +29,6 @@ deadline, so that a cold inductor cache can never blow the time budget.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -38,14 +39,22 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
-from .bench import interleaved_latency
+from ._util import atomic_write, set_seed
+from .data import calibration_batches
+from .measure import interleaved_latency, model_size_bytes
+from .models import resnet18
+from .quant import sqnr_db
+from .runtime.onnx import OrtModel, export_onnx, quantize_dynamic_ort, quantize_static_ort
+from .train import get_baseline
 
-__all__ = ["main", "BENCH_MODELS"]
+__all__ = ["benchmark", "summary", "write_rows", "warm_compile", "BENCH_MODELS", "COLUMNS"]
 
 #: Benchmarked models: the larger batch and the seconds of timing per batch size.
 BENCH_MODELS = {"course": dict(batch=32, seconds=(6.0, 6.0)),
@@ -56,15 +65,10 @@ COLUMNS = ("model", "runtime", "precision", "scheme", "batch", "median_ms", "p90
 
 def _load(name: str, image_size: int) -> tuple[nn.Module, list[Tensor], Tensor, Tensor | None]:
     """(model, calibration batches, quality images, their labels or None)."""
-    import qlib
-    from .data import calibration_batches
-    from .models import resnet18
-    from .train import get_baseline
-
     if name == "course":  # the trained baseline; calibrate on training images, judge on test
         model, data = get_baseline(progress=False)
         return model, calibration_batches(data), *data.test.tensors
-    qlib.set_seed(0)  # random weights, seeded: only speed and SQNR against fp32 matter
+    set_seed(0)  # random weights, seeded: only speed and SQNR against fp32 matter
     model = resnet18().eval()
     gen = torch.Generator().manual_seed(1)
     cal = torch.randn(16, 3, image_size, image_size, generator=gen)
@@ -87,9 +91,26 @@ def _compile_all(models: dict[str, nn.Module], image_size: int) -> dict[str, tup
     return out
 
 
-def _warmup_child(args: argparse.Namespace) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "qlib.deploy", "--warm-compile-only", "--threads",
-           str(args.threads), "--image-size", str(args.image_size), "--models", *args.models]
+def warm_compile(models: Sequence[str], image_size: int, threads: int) -> None:
+    """Compile every model once, filling inductor's on-disk cache (run in a child process)."""
+    torch.set_num_threads(threads)
+    _compile_all({n: _load(n, image_size)[0] for n in models}, image_size)
+
+
+@dataclass
+class _Settings:
+    models: list[str]
+    threads: int
+    image_size: int
+    rounds: int
+    scale: float
+    compile_timeout: float
+
+
+def _warmup_child(args: _Settings) -> subprocess.Popen:
+    code = (f"from qlib.deploy import warm_compile; warm_compile({list(args.models)!r}, "
+            f"{args.image_size}, {args.threads})")
+    cmd = [sys.executable, "-c", code]
     # Own process group: on timeout the child and its inductor compile workers all go.
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -98,9 +119,6 @@ def _warmup_child(args: argparse.Namespace) -> subprocess.Popen:
 def _prepare(name: str, folder: Path, image_size: int, threads: int) -> dict:
     """Export and quantize one model; its runtimes as {key: (runtime, precision, scheme,
     callable, size_bytes)} plus the quality images."""
-    from .bench import model_size_bytes
-    from .onnx import OrtModel, export_onnx, quantize_dynamic_ort, quantize_static_ort
-
     model, cal, xq, yq = _load(name, image_size)
     fp32 = export_onnx(model, xq[:1], folder / f"{name}-fp32.onnx")
     files = {"ort-fp32": fp32,
@@ -123,8 +141,6 @@ def _quality(prep: dict, fn: Callable, chunk: int) -> dict:
         out = torch.cat([torch.as_tensor(fn(x)).float() for x in prep["xq"].split(chunk)])
         ref = prep.setdefault("ref", out)  # the first runtime asked is fp32 eager
     if prep["yq"] is None:
-        from .quant import sqnr_db
-
         db = sqnr_db(ref, out)  # +inf for the reference itself: JSON has no inf, say None
         return dict(sqnr_db=round(db, 2) if math.isfinite(db) else None)
     agree = (out.argmax(1) == ref.argmax(1)).float().mean().item()
@@ -133,9 +149,7 @@ def _quality(prep: dict, fn: Callable, chunk: int) -> dict:
 
 
 def _measure(name: str, prep: dict, compiled: tuple | None, note: str | None,
-             args: argparse.Namespace, bar) -> list[dict]:
-    from .bench import model_size_bytes
-
+             args: _Settings, bar) -> list[dict]:
     rts = dict(prep["runtimes"])
     eager = rts.pop("eager")
     rts = {"eager": eager, **({"compile": ("compile", "fp32", None, compiled[0], eager[4])}
@@ -168,7 +182,7 @@ def _measure(name: str, prep: dict, compiled: tuple | None, note: str | None,
     return rows
 
 
-def _summary(rows: list[dict]) -> list[str]:
+def summary(rows: list[dict]) -> list[str]:
     """The 'done when' figures: batch-1 int8 static speed-up and file ratio per model."""
     lines = []
     for name in dict.fromkeys(r["model"] for r in rows):
@@ -187,19 +201,18 @@ def _summary(rows: list[dict]) -> list[str]:
     return lines
 
 
-def _write_json(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(rows, f, indent=1, allow_nan=False)
-    os.replace(tmp, path)
+def write_rows(rows: list[dict], path: str | Path) -> Path:
+    """Write the rows as a JSON list, atomically (no half-written file on a crash)."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(rows, indent=1, allow_nan=False))
+    return Path(path)
 
 
-def _resolve_compile(child: subprocess.Popen | None, args: argparse.Namespace, start: float,
+def _resolve_compile(child: subprocess.Popen | None, args: _Settings, start: float,
                      preps: dict, bar) -> tuple[dict, str]:
     """Wait for the compile warm-up until the deadline; then compile from the warm cache."""
     if child is None:
-        return {}, "--no-compile given"
+        return {}, "compile=False (--no-compile) given"
     bar.set_postfix_str("torch.compile warm-up")
     try:
         code = child.wait(timeout=max(args.compile_timeout - (time.perf_counter() - start),
@@ -214,7 +227,7 @@ def _resolve_compile(child: subprocess.Popen | None, args: argparse.Namespace, s
         return {}, f"torch.compile failed: {type(err).__name__}: {str(err)[:100]}"
 
 
-def _run(args: argparse.Namespace, child: subprocess.Popen | None, start: float, bar
+def _run(args: _Settings, child: subprocess.Popen | None, start: float, bar
          ) -> tuple[list[dict], dict[str, float]]:
     """Prepare every model, settle torch.compile, then measure model by model."""
     rows: list[dict] = []
@@ -237,53 +250,35 @@ def _run(args: argparse.Namespace, child: subprocess.Popen | None, start: float,
     return rows, phases
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m qlib.bench deploy [--json FILE] [--models ...] [--threads N] ...``."""
-    from tqdm.auto import tqdm
+def benchmark(models: Sequence[str] = tuple(BENCH_MODELS), *, threads: int = 1,
+              image_size: int = 224, rounds: int = 5, scale: float = 1.0,
+              compile: bool = True, compile_timeout: float = 120.0, progress: bool = True,
+              phases: dict[str, float] | None = None) -> list[dict]:
+    """Measure every runtime of each model; return the rows (:data:`COLUMNS` keys).
 
-    from .bench import format_table
-
-    p = argparse.ArgumentParser(prog="python -m qlib.bench deploy", description=__doc__
-                                .split("\n")[0])
-    p.add_argument("--json", type=Path, help="write the rows here (a JSON list)")
-    p.add_argument("--models", nargs="+", default=list(BENCH_MODELS), choices=BENCH_MODELS)
-    p.add_argument("--threads", type=int, default=1, help="threads per runtime (default 1)")
-    p.add_argument("--image-size", type=int, default=224, help="ResNet input side (224)")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
-    p.add_argument("--scale", type=float, default=1.0, help="multiply the timing budget")
-    p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
-    p.add_argument("--compile-timeout", type=float, default=120.0,
-                   help="seconds allowed for the torch.compile warm-up (default 120)")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--warm-compile-only", action="store_true", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.threads < 1 or args.rounds < 1 or args.scale <= 0 or args.image_size < 32:
-        p.error("need --threads >= 1, --rounds >= 1, --scale > 0 and --image-size >= 32")
-    torch.set_num_threads(args.threads)
-    if args.warm_compile_only:
-        _compile_all({n: _load(n, args.image_size)[0] for n in args.models}, args.image_size)
-        return 0
+    ``threads`` per runtime, ``rounds`` of interleaved timing, ``scale`` multiplies the
+    timing budget; ``compile=False`` skips torch.compile (its rows say why). ``phases``, if
+    given, receives the seconds spent exporting, compiling and measuring.
+    """
+    unknown = [m for m in models if m not in BENCH_MODELS]
+    if unknown or not models:
+        raise ValueError(f"models must be a non-empty subset of {list(BENCH_MODELS)}, got "
+                         f"{list(models)}")
+    if threads < 1 or rounds < 1 or not scale > 0 or image_size < 32:
+        raise ValueError("need threads >= 1, rounds >= 1, scale > 0 and image_size >= 32; got "
+                         f"{threads}, {rounds}, {scale}, {image_size}")
+    args = _Settings(list(models), threads, image_size, rounds, scale, compile_timeout)
+    torch.set_num_threads(threads)
     start = time.perf_counter()
-    child = None if args.no_compile else _warmup_child(args)
-    bar = tqdm(total=len(args.models) * (1 + 2 * 6 * args.rounds), disable=args.no_progress,
-               desc="deploy")
+    child = _warmup_child(args) if compile else None
+    bar = tqdm(total=len(models) * (1 + 2 * 6 * rounds), disable=not progress, desc="deploy")
     try:
-        rows, phases = _run(args, child, start, bar)
+        rows, spent = _run(args, child, start, bar)
     finally:  # never leave the warm-up child (and its compile workers) behind
         if child is not None and child.poll() is None:
             os.killpg(child.pid, signal.SIGKILL)
             child.wait()
         bar.close()
-    print(format_table(rows, COLUMNS))
-    print(f"threads per runtime: {args.threads}; seconds: " + ", ".join(
-        f"{k} {v:.0f}" for k, v in phases.items()) + f", total {sum(phases.values()):.0f}")
-    for line in _summary(rows):
-        print(line)
-    if args.json:
-        _write_json(rows, args.json)
-        print(f"wrote {args.json}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    if phases is not None:
+        phases.update(spent)
+    return rows

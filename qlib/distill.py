@@ -13,8 +13,8 @@ The T^2 factor keeps the soft term's gradients the same size as T changes (they 
 as 1 / T^2 otherwise), so alpha means the same thing at every temperature.
 
 The knowledge flows one way: teacher -> student. The teacher is frozen (eval mode, no
-gradients) and sees the same augmented batch as the student. The recipes registered here
-(``teacher``, ``scratch-student``, ``kd-student``) are the report's distillation rows.
+gradients) and sees the same augmented batch as the student. The report's distillation rows
+(``teacher``, ``scratch-student``, ``kd-student``) are in :mod:`qlib.recipes.distill`.
 
 >>> s, t = torch.tensor([[2.0, 0.0]]), torch.tensor([[2.0, 0.0]])
 >>> float(distillation_loss(s, t, torch.tensor([0]), temperature=4.0, alpha=1.0))
@@ -23,8 +23,7 @@ gradients) and sees the same augmented batch as the student. The recipes registe
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
@@ -32,16 +31,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from . import set_seed
+from ._util import LossFn, set_seed
 from .data import Splits
 from .models import student_model
-from .recipes import Variant, register
 from .train import cached_training, fingerprint, fit
 
 __all__ = ["soft_targets", "distillation_loss", "hint_loss", "kd_loss_fn", "HintStudent",
            "distill", "train_student", "STUDENT_RECIPE"]
 
-LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
 #: The students' shared budget: scratch and distilled students differ only in the loss.
 STUDENT_RECIPE = dict(epochs=8, lr=1e-2, batch_size=64, weight_decay=1e-4, max_shift=2,
@@ -266,28 +263,3 @@ def train_student(mode: str, data: Splits, teacher: nn.Module | None = None, *, 
         train(student)
         return student.eval()
     return cached_training(f"student-{mode}-{data.name}", recipe, build, train)
-
-
-# --- recipes for the report (notebook 07): the teacher is the course baseline ----------------
-
-@register("teacher", "distillation", "the teacher of kd-student: the fp32 course baseline")
-def teacher_recipe(baseline: nn.Module, data: Splits) -> Variant:
-    """The teacher's own row (the course baseline, 117k params), for reading students against."""
-    return Variant.from_module("teacher", "distillation", copy.deepcopy(baseline),
-                               role="teacher")
-
-
-@register("scratch-student", "distillation", "narrow student (7.7k params) trained on labels")
-def scratch_student_recipe(baseline: nn.Module, data: Splits) -> Variant:
-    """The small student trained alone on the labels (the control for kd-student)."""
-    student = train_student("scratch", data, seed=0, progress=False)
-    return Variant.from_module("scratch-student", "distillation", student, role="scratch")
-
-
-@register("kd-student", "distillation", "the same student, same budget, distilled from the baseline")
-def kd_student_recipe(baseline: nn.Module, data: Splits) -> Variant:
-    """The small student distilled from the baseline (T and alpha from STUDENT_RECIPE)."""
-    student = train_student("kd", data, baseline, seed=0, progress=False)
-    return Variant.from_module("kd-student", "distillation", student, role="kd",
-                               temperature=STUDENT_RECIPE["temperature"],
-                               alpha=STUDENT_RECIPE["alpha"])

@@ -105,6 +105,7 @@ def resnet18(num_classes: int = 1000) -> nn.Module:
     Used in notebook 03 for speed measurements on a model large enough for int8 kernels to
     matter (11.7M parameters, 1.8 GMACs at 224x224).
     """
+    # lazy: torchvision is only needed to check this ResNet against its reference
     from torchvision.models import resnet18 as tv_resnet18
 
     model = tv_resnet18(weights=None, num_classes=num_classes)

@@ -15,7 +15,7 @@ __all__ = ["plot_confusion", "plot_tradeoff", "pareto_front"]
 def plot_confusion(confusion: Sequence[Sequence[int]], classes: Sequence[str] | None = None,
                    title: str = "Confusion matrix (rows = true class)", normalize: bool = False):
     """Heat map of a confusion matrix (num_classes, num_classes), counts written in the cells."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: optional heavy dependency
 
     cm = np.asarray(confusion, dtype=float)
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
@@ -54,12 +54,13 @@ def pareto_front(cost: Sequence[float], quality: Sequence[float]) -> list[int]:
 
 
 def plot_tradeoff(rows: Sequence[dict], x: str = "size_bytes", y: str = "accuracy", *,
-                  log_x: bool = True, title: str | None = None):
+                  log_x: bool = True, title: str | None = None, lower_is_better: bool = False):
     """Scatter of report rows (dicts with ``name`` and the two keys), Pareto front drawn.
 
-    ``x`` is a cost (smaller is better: ``size_bytes``, ``latency_ms``); ``y`` a quality.
+    ``x`` is a cost (smaller is better: ``size_bytes``, ``latency_ms``); ``y`` a quality,
+    higher is better unless ``lower_is_better`` (perplexity, notebook 09).
     """
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: optional heavy dependency
 
     if not rows:
         raise ValueError("no rows to plot")
@@ -80,11 +81,12 @@ def plot_tradeoff(rows: Sequence[dict], x: str = "size_bytes", y: str = "accurac
     for xi, yi, names in spots:
         ax.annotate(", ".join(names), (xi, yi), fontsize=7, xytext=(4, 3),
                     textcoords="offset points")
-    front = pareto_front(xs, ys)
+    front = pareto_front(xs, -ys if lower_is_better else ys)
     ax.step(xs[front], ys[front], where="post", color="tab:orange", label="Pareto front",
             zorder=2)
     if log_x:
         ax.set_xscale("log")
+        # lazy: optional heavy dependency
         from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
         ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))

@@ -23,10 +23,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
-from .recipes import baseline_variant, evaluate_variant, load_recipes
+from ._util import markdown_table
+from .evaluate import baseline_variant, evaluate_lm_variant, evaluate_variant
+from .lm import get_lm
+from .plots import pareto_front, plot_tradeoff
+from .recipes import load_recipes
+from .train import get_baseline
 
-__all__ = ["build_report", "write_report", "markdown_table", "verdict"]
+__all__ = ["build_report", "build_lm_report", "write_report", "report_table", "lm_table",
+           "verdict", "TASKS"]
+
+#: What ``python -m qlib report --task`` accepts.
+TASKS = ("vision", "lm")
 
 _PRIVATE = ("preds", "logits", "labels")
 
@@ -70,12 +80,7 @@ def build_report(only: Sequence[str] | None = None, *, dataset: str = "embedded"
     MNIST sample and the course model are the defaults. A recipe that raises is listed
     under ``"failed"`` with its error and the rest go on.
     """
-    from tqdm.auto import tqdm
-
-    from .plots import pareto_front
-    from .train import get_baseline
-
-    recipes = load_recipes()
+    recipes = load_recipes("vision")
     names = list(only) if only else list(recipes)
     unknown = [n for n in names if n not in recipes]
     if unknown:
@@ -110,41 +115,93 @@ def build_report(only: Sequence[str] | None = None, *, dataset: str = "embedded"
                 meta=meta)
 
 
-def markdown_table(rows: Sequence[dict], baseline: dict) -> str:
+def build_lm_report(only: Sequence[str] | None = None, *, progress: bool = True,
+                    latency_repeats: int = 50) -> dict:
+    """The language-model report (notebook 09): the fp32 course LM and the "lm" recipes.
+
+    Rows: ``name, technique, perplexity, accuracy`` (next-token top-1), ``agreement`` (with
+    fp32), ``size_bytes`` (the packed file), ``latency_ms`` (one decode step, batch 1),
+    ``params, nonzeros``; derived ``compression`` and ``perplexity_increase_pct``.
+    """
+    recipes = load_recipes("lm")
+    names = list(only) if only else list(recipes)
+    unknown = [n for n in names if n not in recipes]
+    if unknown:
+        raise ValueError(f"unknown lm recipe(s) {unknown}; lm recipes: {sorted(recipes)}")
+    start = time.perf_counter()
+    lm, data = get_lm(progress=progress)
+    base = evaluate_lm_variant(baseline_variant(lm), data, latency_repeats=latency_repeats)
+    variants, failed = [], []
+    for name in tqdm(names, desc="lm recipes", disable=not progress):
+        t0 = time.perf_counter()
+        try:
+            variant = recipes[name].fn(lm, data)
+            row = evaluate_lm_variant(variant, data, base, latency_repeats=latency_repeats)
+        except Exception as err:  # noqa: BLE001 - one broken recipe must not hide the rest
+            failed.append(dict(name=name, error=f"{type(err).__name__}: {err}"))
+            continue
+        row["seconds"] = round(time.perf_counter() - t0, 2)
+        variants.append(row)
+    for row in [base, *variants]:
+        row["compression"] = base["size_bytes"] / max(row["size_bytes"], 1)
+        row["perplexity_increase_pct"] = 100 * (row["perplexity"] / base["perplexity"] - 1)
+    rows = [_public(base), *map(_public, variants)]
+    pareto = {"size_bytes": [rows[i]["name"] for i in pareto_front(
+        [r["size_bytes"] for r in rows], [-r["perplexity"] for r in rows])]}
+    meta = dict(task="lm", dataset="pydoc_data.topics", model="course GPT",
+                test_tokens=base["tokens"], torch=torch.__version__,
+                python=platform.python_version(), machine=platform.machine(),
+                threads_for_latency=1, seconds=round(time.perf_counter() - start, 1))
+    return dict(baseline=rows[0], variants=rows[1:], failed=failed, pareto=pareto, meta=meta)
+
+
+def lm_table(rows: Sequence[dict], baseline: dict) -> str:
+    """LM rows (from :func:`build_lm_report`) as a markdown table."""
+    table = [{"name": r["name"], "technique": r["technique"],
+              "perplexity": f"{r['perplexity']:.3f}",
+              "vs fp32": f"{r['perplexity_increase_pct']:+.2f}%",
+              "next-token acc %": f"{100 * r['accuracy']:.2f}",
+              "agreement %": f"{100 * r['agreement']:.1f}",
+              "size KB": f"{r['size_bytes'] / 1024:.1f}", "smaller": f"{r['compression']:.2f}x",
+              "decode step ms": f"{r['latency_ms']:.3f}", "params": f"{r['params']:,}"}
+             for r in [baseline, *rows]]
+    return markdown_table(table) + "\n"
+
+
+def report_table(rows: Sequence[dict], baseline: dict) -> str:
     """Rows (from :func:`build_report`, with ``compression`` derived) as a markdown table."""
-    head = ("| name | technique | accuracy % (95% CI) | macro F1 % | McNemar p | size KB | "
-            "smaller | latency ms | params | non-zeros | agreement % |\n|" + "---|" * 11 + "\n")
-    lines = []
+    table = []
     for r in [baseline, *rows]:
         lo, hi = r["accuracy_ci"]
-        lines.append(
-            f"| {r['name']} | {r['technique']} | {100 * r['accuracy']:.2f} "
-            f"({100 * lo:.1f}–{100 * hi:.1f}) | {100 * r['f1']:.2f} | {r['mcnemar_p']:.3f} | "
-            f"{r['size_bytes'] / 1024:.1f} | {r['compression']:.1f}x | "
-            f"{r['latency_ms']:.3f} | {r['params']:,} | {r['nonzeros']:,} | "
-            f"{100 * r['agreement']:.1f} |")
-    return head + "\n".join(lines) + "\n"
+        table.append({
+            "name": r["name"], "technique": r["technique"],
+            "accuracy % (95% CI)": f"{100 * r['accuracy']:.2f} ({100 * lo:.1f}–{100 * hi:.1f})",
+            "macro F1 %": f"{100 * r['f1']:.2f}", "McNemar p": f"{r['mcnemar_p']:.3f}",
+            "size KB": f"{r['size_bytes'] / 1024:.1f}", "smaller": f"{r['compression']:.1f}x",
+            "latency ms": f"{r['latency_ms']:.3f}", "params": f"{r['params']:,}",
+            "non-zeros": f"{r['nonzeros']:,}", "agreement %": f"{100 * r['agreement']:.1f}"})
+    return markdown_table(table) + "\n"
 
 
 def write_report(report: dict, out: str | Path) -> list[Path]:
     """Write report.json, report.md and the PNG trade-off plots into ``out``."""
+    # lazy: matplotlib is loaded only when PNGs are written (Agg: no display needed)
     import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .plots import plot_tradeoff
+    import matplotlib.pyplot as plt  # (see above)
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "report.json", out / "report.md"]
     paths[0].write_text(json.dumps(report, indent=2) + "\n")
     base, rows, meta = report["baseline"], report["variants"], report["meta"]
+    if meta.get("task") == "lm":
+        return paths + _write_lm(report, out, plt)
     md = [f"# Compression report\n\nModel `{meta['model']}` on dataset `{meta['dataset']}` "
           f"({meta['test_images']} test images). Latency is the batch-1 median on 1 thread; "
           "the interval is a 95% bootstrap interval of accuracy; McNemar p tests whether a "
           "variant's accuracy differs from the baseline's on the same images.\n\n",
-          markdown_table(rows, base)]
+          report_table(rows, base)]
     if rows:
         md.append("\n## Verdicts\n\n" + "\n\n".join(r["verdict"] for r in rows) + "\n")
     md.append("\n## Pareto fronts\n\nNo other variant is both smaller (faster) and more "
@@ -163,3 +220,27 @@ def write_report(report: dict, out: str | Path) -> list[Path]:
         md.append(f"\n![{fname}]({fname})\n")
     paths[1].write_text("".join(md))
     return paths
+
+
+def _write_lm(report: dict, out: Path, plt) -> list[Path]:
+    """report.md and perplexity_vs_size.png of an LM report (report.json is written)."""
+    base, rows, meta = report["baseline"], report["variants"], report["meta"]
+    md = [f"# Compression report: the course language model\n\n{meta['model']} on "
+          f"`{meta['dataset']}` ({meta['test_tokens']:,} held-out test tokens). Perplexity = "
+          "exp(mean next-token cross-entropy); agreement = top-1 next-token agreement with "
+          "fp32; size = the packed file; the decode step is one token at batch 1 on 1 thread, "
+          "measured on the fake-quantized (float) model, so it is not int4 speed: "
+          "`python -m qlib deploy --suite lm` measures real int4 kernels.\n\n",
+          lm_table(rows, base),
+          "\n## Pareto front\n\nNo other variant is both smaller and lower in perplexity "
+          f"than these: {', '.join(report['pareto']['size_bytes'])}\n"]
+    if report["failed"]:
+        md.append("\n## Failed recipes\n\n" + "\n".join(
+            f"- `{f['name']}`: {f['error']}" for f in report["failed"]) + "\n")
+    fig = plot_tradeoff([base, *rows], x="size_bytes", y="perplexity", lower_is_better=True,
+                        title="perplexity vs size on disk (lower left is better)")
+    fig.savefig(out / "perplexity_vs_size.png", dpi=120)
+    plt.close(fig)
+    md.append("\n![perplexity_vs_size.png](perplexity_vs_size.png)\n")
+    (out / "report.md").write_text("".join(md))
+    return [out / "perplexity_vs_size.png"]

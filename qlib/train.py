@@ -13,11 +13,12 @@ True
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
+import importlib.util
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -26,15 +27,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
-from . import set_seed
+from ._util import LossFn, atomic_write, set_seed
 from .data import DATA_DIR, Splits, load_dataset
+from .measure.metrics import classification_report
 from .models import build_model
 
 __all__ = ["fit", "predict", "evaluate", "save_checkpoint", "load_checkpoint",
-           "fingerprint", "cached_training", "get_trained", "get_baseline", "random_shift", "BASELINE_RECIPE"]
-
-LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
+           "fingerprint", "source_hash", "cached_training", "get_trained", "get_baseline",
+           "random_shift", "BASELINE_RECIPE"]
 
 
 def random_shift(x: Tensor, max_shift: int = 2, generator: torch.Generator | None = None
@@ -65,8 +67,6 @@ def fit(model: nn.Module, train_loader: DataLoader, *, epochs: int = 10, lr: flo
     ``loss_fn(model, x, y) -> scalar`` defaults to cross-entropy; distillation and QAT pass
     their own. Same seed, same weights: shuffling, augmentation and init are seeded.
     """
-    from tqdm.auto import tqdm
-
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if len(train_loader) == 0:
@@ -118,8 +118,6 @@ def predict(model: nn.Module | Callable[[Tensor], Tensor], loader: DataLoader | 
 def evaluate(model: nn.Module | Callable[[Tensor], Tensor], loader: DataLoader | Iterable,
              num_classes: int | None = None) -> dict:
     """``classification_report`` of a model on a loader, plus its logits and predictions."""
-    from .metrics import classification_report
-
     logits, labels = predict(model, loader)
     preds = logits.argmax(1)
     report = classification_report(labels, preds, num_classes or logits.shape[1])
@@ -132,20 +130,11 @@ def save_checkpoint(obj: dict, path: str | Path) -> Path:
 
     A crash mid-write leaves the old file (or none), never a half-written one.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; a checkpoint is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -158,19 +147,71 @@ BASELINE_RECIPE = dict(model="course", dataset="embedded", epochs=12, lr=3e-3, b
                        weight_decay=1e-4, max_shift=2, seed=0)
 
 
-@functools.lru_cache(maxsize=1)
-def code_version() -> str:
-    """A hash of qlib's own source files: part of every cache key, so that a cached model is
-    never reused after the code that trained it changed (an update retrains, once)."""
+def _strip_docstrings(tree: ast.AST) -> ast.AST:
+    """The same tree without docstrings: a documentation edit changes no cache key."""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(
+                    getattr(body[0], "value", None), ast.Constant) and isinstance(
+                    body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+def _qlib_imports(module: str, tree: ast.AST, is_package: bool) -> set[str]:
+    """The qlib modules ``module`` imports (absolute names), read from its syntax tree."""
+    out = set()
+    package = module if is_package else module.rpartition(".")[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.split(".")[0] == "qlib")
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                parts = parts[: len(parts) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
+            if base.split(".")[0] != "qlib":
+                continue
+            out.add(base)
+            out.update(f"{base}.{a.name}" for a in node.names)  # `from . import data`
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def source_hash(*modules: str) -> str:
+    """A hash of the code of ``modules`` and every qlib module they import, transitively.
+
+    Introduced with the caches of notebook 00. Docstrings are stripped first (comments are
+    not in the syntax tree), so a documentation edit changes nothing, while a code edit
+    in any module a training depends on changes the hash and retrains once. Modules
+    outside qlib (a notebook's ``__main__``) are ignored.
+    """
+    seen: dict[str, str] = {}
+    todo = [m for m in modules if m.split(".")[0] == "qlib"] or ["qlib.train"]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, AttributeError, ValueError):  # `from qlib.data import Splits`
+            spec = None
+        if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+            continue  # `from qlib.x import name` where name is not a module
+        tree = ast.parse(Path(spec.origin).read_text())
+        seen[name] = ast.dump(_strip_docstrings(tree))
+        todo += _qlib_imports(name, tree, spec.submodule_search_locations is not None)
     h = hashlib.sha256()
-    for path in sorted(Path(__file__).resolve().parent.rglob("*.py")):
-        h.update(path.read_bytes())
+    for name in sorted(seen):
+        h.update(name.encode() + b"\0" + seen[name].encode())
     return h.hexdigest()[:12]
 
 
-def _key(recipe: dict) -> str:
+def _key(recipe: dict, modules: tuple[str, ...]) -> str:
     blob = json.dumps({**recipe, "torch": torch.__version__.split("+")[0],
-                       "qlib": code_version()}, sort_keys=True)
+                       "qlib": source_hash(*sorted(set(modules)))}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -190,14 +231,17 @@ def cached_training(name: str, recipe: dict, build: Callable[[], nn.Module],
     """``build()`` a model, then load its trained weights from the cache or ``train`` it.
 
     The cache file is ``data/models/{name}-{key}.pt``, ``key`` a hash of ``recipe`` (a JSON-
-    able dict of everything that determines the weights), the torch version and
-    :func:`code_version`; it holds
+    able dict of everything that determines the weights), the torch version and the
+    :func:`source_hash` of the modules that define ``build`` and ``train`` (and what they
+    import): a code change there retrains, an edit elsewhere or to a docstring does not. It
+    holds
     the state dict and the recipe. A file that fails to load, holds another recipe or does
     not fit the architecture is retrained and overwritten with a one-line message, never a
     crash. ``build`` must be deterministic (seed inside it); ``train(model)`` trains in place.
     Used by the baseline and by every recipe that trains (notebooks 04-08).
     """
-    path = Path(cache_dir or DATA_DIR / "models") / f"{name}-{_key(recipe)}.pt"
+    modules = (build.__module__, train.__module__, "qlib.train")
+    path = Path(cache_dir or DATA_DIR / "models") / f"{name}-{_key(recipe, modules)}.pt"
     net = build()
     if path.exists():
         try:

@@ -1,4 +1,4 @@
-"""Tests for qlib.channels: the channels kept equal torch.nn.utils.prune.ln_structured's, and
+"""Tests for qlib.prune.channels: the channels kept equal torch.nn.utils.prune.ln_structured's, and
 the physically smaller model computes exactly what the masked model computes."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from torch.nn.utils import prune as tprune
 
 import qlib
 from qlib.bench import count_macs, count_parameters
-from qlib.channels import channel_mask, channel_norms, prune_channels
+from qlib.prune.channels import channel_mask, channel_norms, prune_channels
 from qlib.models import SmallCNN, course_model, mlp, resnet18
 
 

@@ -1,4 +1,4 @@
-"""qlib.check: each checker on a right, a nearly right, a wrong and an untouched answer,
+"""qlib.course.check: each checker on a right, a nearly right, a wrong and an untouched answer,
 an answer that raises, and answers of the wrong shape, dtype or type."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from qlib.check import STATUSES, CheckResult, check_function, check_model, check_value
+from qlib.course.check import STATUSES, CheckResult, check_function, check_model, check_value
 
 
 def stub(*args):

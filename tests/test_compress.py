@@ -1,10 +1,11 @@
-import copy
 
 import pytest
 import torch
 
-from qlib.compress import (decode_layer, encode_layer, finetune_codebooks, load_compressed, pack,
-                           save_compressed, share_weights, unpack)
+from qlib.codec import pack_entries as pack
+from qlib.codec import unpack_entries as unpack
+from qlib.pipeline import (decode_layer, encode_layer, finetune_codebooks, load_compressed,
+                           save_compressed, share_weights)
 from qlib.models import course_model
 from qlib.prune import magnitude_prune, remove_masks
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from qlib.entropy import (canonical_codes, compressed_sizes, entropy_bits, huffman_code_lengths,
+from qlib.codec.huffman import (canonical_codes, compressed_sizes, entropy_bits, huffman_code_lengths,
                           huffman_decode, huffman_encode)
 
 

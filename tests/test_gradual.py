@@ -1,4 +1,4 @@
-"""Tests for qlib.gradual: the cubic schedule against its formula, and a pruner that follows
+"""Tests for qlib.prune.schedule: the cubic schedule against its formula, and a pruner that follows
 it inside qlib.train.fit with pruned weights staying pruned."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import qlib
-from qlib.gradual import GradualPruner, cubic_sparsity
+from qlib.prune.schedule import GradualPruner, cubic_sparsity
 from qlib.models import student_model
 from qlib.prune import prunable_layers, remove_masks, sparsity
 from qlib.train import fit

@@ -196,7 +196,7 @@ def test_sensitivity_scan(baseline: nn.Module, data) -> None:
 def test_masked_model_after_a_training_step_can_be_copied(data) -> None:
     # a masked weight is recomputed with autograd in every forward; deepcopy refuses such
     # tensors, so baked_copy (used by the scan, channel pruning and sparse saving) must cope
-    from qlib.channels import prune_channels
+    from qlib.prune.channels import prune_channels
     from qlib.prune import baked_copy
 
     model = course_model()

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from qlib.bench import count_macs, model_size_bytes
-from qlib.prune_recipes import channel_50, prune_90
+from qlib.recipes.prune import channel_50, prune_90
 from qlib.train import evaluate
 
 

@@ -8,10 +8,8 @@ import warnings
 import pytest
 import torch
 
-from qlib.quant import (choose_qparams, choose_qparams_per_group, dequantize,
-                        dequantize_per_group, fake_quantize, fake_quantize_per_group,
-                        fixed_point_qparams, float_roundtrip, qrange, quantize,
-                        quantize_per_group, sqnr_db)
+from qlib.quant import (choose_qparams, dequantize, fake_quantize, fixed_point_qparams,
+                        float_roundtrip, minmax, qrange, quantize, sqnr_db)
 
 # (signed, symmetric, torch dtype, torch qscheme): the 8-bit cases PyTorch has.
 CASES = [
@@ -176,20 +174,57 @@ def test_bad_zero_point_and_shapes():
 
 def test_per_group_equals_per_channel_of_reshaped():
     w = torch.randn(4, 12, generator=torch.Generator().manual_seed(5))
-    s, z = choose_qparams_per_group(w, 4, 3, symmetric=True)
+    s, z = choose_qparams(*minmax(w, group_size=3), 4, symmetric=True)
     assert s.shape == (4, 4)
     rows = w.reshape(16, 3)
     s_ref, z_ref = choose_qparams(rows.amin(1), rows.amax(1), 4, symmetric=True)
     assert torch.equal(s.reshape(-1), s_ref)
-    q = quantize_per_group(w, s, z, 4, 3)
+    q = quantize(w, s, z, 4, group_size=3)
     assert torch.equal(q.reshape(16, 3), quantize(rows, s_ref, z_ref, 4, axis=0))
-    assert torch.equal(dequantize_per_group(q, s, z, 3),
+    assert torch.equal(dequantize(q, s, z, group_size=3),
                        dequantize(q.reshape(16, 3), s_ref, z_ref, axis=0).reshape(4, 12))
+    assert torch.equal(fake_quantize(w, s, z, 4, group_size=3),
+                       dequantize(q, s, z, group_size=3))
+
+    def fq(g: int) -> torch.Tensor:
+        sg, zg = choose_qparams(*minmax(w, group_size=g), 4)
+        return fake_quantize(w, sg, zg, 4, group_size=g)
+
     # smaller groups, smaller error
-    err = [((fake_quantize_per_group(w, 4, g) - w) ** 2).mean() for g in (2, 6, 12)]
+    err = [((fq(g) - w) ** 2).mean() for g in (2, 6, 12)]
     assert err[0] < err[1] < err[2]
     with pytest.raises(ValueError, match="multiple of group_size"):
-        choose_qparams_per_group(w, 4, 5)
+        minmax(w, group_size=5)
+    with pytest.raises(ValueError, match="shape"):
+        quantize(w, s[:, :2], z[:, :2], 4, group_size=3)
+    with pytest.raises(ValueError, match="not both"):
+        quantize(w, s, z, 4, group_size=3, axis=0)
+
+
+def test_per_group_straight_through_gradient():
+    x = torch.tensor([[0.0, 1.0, 10.0, 11.0]], requires_grad=True)
+    s, z = choose_qparams(*minmax(x, group_size=2), 2, signed=False)
+    y = fake_quantize(x, s, z, 2, signed=False, group_size=2)
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))
+
+
+def test_minmax_granularities():
+    x = torch.tensor([[1.0, -2.0], [3.0, 0.5]])
+    assert [t.tolist() for t in minmax(x)] == [-2.0, 3.0]
+    assert [t.tolist() for t in minmax(x, axis=0)] == [[-2.0, 0.5], [1.0, 3.0]]
+    assert [t.tolist() for t in minmax(x, axis=1)] == [[1.0, -2.0], [3.0, 0.5]]
+
+
+def test_bad_inputs_say_what_is_allowed():
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        quantize([1.0, 2.0], torch.tensor(1.0), torch.tensor(0), 8)
+    with pytest.raises(TypeError, match="complex"):
+        quantize(torch.ones(2, dtype=torch.complex64), torch.tensor(1.0), torch.tensor(0), 8)
+    with pytest.raises(ValueError, match="whole numbers"):
+        dequantize(torch.tensor([1.5]), torch.tensor(1.0), torch.tensor(0))
+    with pytest.raises(ValueError, match="whole numbers"):
+        dequantize(torch.tensor([1]), torch.tensor(1.0), torch.tensor(0.5))
 
 
 def test_fixed_point_is_scale_power_of_two():

@@ -13,7 +13,8 @@ from torch.utils.data import TensorDataset
 from qlib.data import Splits
 from qlib.models import course_model
 from qlib.quant import packed_size_bytes, quant_layers
-from qlib.quant.qat import QAT_RECIPES, QATLayer, convert_qat, prepare_qat, qat, qat_layers
+from qlib.quant.qat import QATLayer, convert_qat, prepare_qat, qat, qat_layers
+from qlib.recipes.quant import QAT_RECIPES
 
 
 def _gen(seed=0):

@@ -1,4 +1,4 @@
-"""Tests for qlib.sparse: bit packing equals numpy.packbits (little bit order), the file round-trips exactly in
+"""Tests for qlib.prune.sparse: bit packing equals numpy.packbits (little bit order), the file round-trips exactly in
 float32 (approximately in float16 / int8), and pruning really shrinks the file."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import qlib
 from qlib.bench import model_size_bytes
 from qlib.models import course_model
 from qlib.prune import magnitude_prune, remove_masks
-from qlib.sparse import (decode_sparse, encode_sparse, load_sparse, pack_bits, save_sparse,
-                         sparse_size_bytes, unpack_bits)
+from qlib.prune.sparse import (decode_sparse, encode_sparse, load_sparse, pack_mask, save_sparse,
+                         sparse_size_bytes, unpack_mask)
 
 
 @pytest.fixture(autouse=True)
@@ -26,17 +26,17 @@ def _seed() -> None:
 @pytest.mark.parametrize("n", [1, 7, 8, 9, 64, 1001])
 def test_pack_bits_equals_numpy_and_unpacks(n: int) -> None:
     mask = torch.rand(n) < 0.3
-    packed = pack_bits(mask)
+    packed = pack_mask(mask)
     assert packed.dtype == torch.uint8 and packed.numel() == (n + 7) // 8
     assert np.array_equal(packed.numpy(), np.packbits(mask.numpy(), bitorder="little"))
-    assert torch.equal(unpack_bits(packed, n), mask)
+    assert torch.equal(unpack_mask(packed, n), mask)
 
 
 def test_bit_packing_bad_input() -> None:
     with pytest.raises(TypeError, match="bool"):
-        pack_bits(torch.ones(3))
+        pack_mask(torch.ones(3))
     with pytest.raises(ValueError, match="numel"):
-        unpack_bits(torch.zeros(2, dtype=torch.uint8), 17)
+        unpack_mask(torch.zeros(2, dtype=torch.uint8), 17)
 
 
 def _pruned(sparsity: float = 0.9) -> nn.Module:

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from scipy import stats as sps
 
-from qlib.stats import (bootstrap_ci, expected_calibration_error, imbalanced_indices, mcnemar,
+from qlib.measure.stats import (bootstrap_ci, expected_calibration_error, imbalanced_indices, mcnemar,
                         output_kl, paired_bootstrap, reliability_bins)
 
 

@@ -136,3 +136,42 @@ def test_cached_training_and_fingerprint(tmp_path):
     assert fingerprint(a) == fingerprint(b) != fingerprint(build())
     cached_training("lin", {"v": 2}, build, train, cache_dir=tmp_path)  # another recipe
     assert len(calls) == 2 and len(list(tmp_path.glob("lin-*.pt"))) == 2
+
+
+# ----- cache keys follow the code a training depends on, not its documentation --------
+def _hash_in_copy(root) -> str:
+    import subprocess
+    import sys
+
+    code = "from qlib.train import source_hash; print(source_hash('qlib.train'))"
+    res = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                         text=True, timeout=120, env={"PYTHONPATH": str(root), "PATH": ""})
+    assert res.returncode == 0, res.stderr[-2000:]
+    return res.stdout.strip()
+
+
+def test_documentation_edits_retrain_nothing_code_edits_do(tmp_path) -> None:
+    import shutil
+    from pathlib import Path
+
+    src = Path(qtrain.__file__).resolve().parent
+    pkg = tmp_path / "qlib"
+    shutil.copytree(src, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    before = _hash_in_copy(tmp_path)
+
+    def edit(rel: str, old: str, new: str) -> None:
+        p = pkg / rel
+        text = p.read_text()
+        assert old in text, (rel, old)
+        p.write_text(text.replace(old, new, 1))
+
+    # a docstring anywhere (here the core's own train.py, check.py and report.py) ...
+    edit("train.py", '"""Seeded fit', '"""A documentation edit. Seeded fit')
+    edit("course/check.py", '"""', '"""Another documentation edit. ')
+    # ... and code outside what training depends on (the report, the checkers)
+    edit("report.py", "\n__all__", "\nUNUSED_CONSTANT = 1\n__all__")
+    edit("course/check.py", "\n__all__", "\nUNUSED_CONSTANT = 1\n__all__")
+    assert _hash_in_copy(tmp_path) == before
+    # while a code edit in train.py (or anything it imports) changes the key: retrain once
+    edit("train.py", "\n__all__", "\nUNUSED_CONSTANT = 1\n__all__")
+    assert _hash_in_copy(tmp_path) != before

@@ -4,7 +4,7 @@ matplotlib.use("Agg")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from qlib.widgets import draw_quantization, quantization_explorer  # noqa: E402
+from qlib.course.widgets import draw_quantization, quantization_explorer  # noqa: E402
 
 
 def test_draw_quantization_figures():

@@ -1,4 +1,4 @@
-"""qlib.workbook: solution blocks become stubs, copies are current, idempotent and clean.
+"""qlib.course.workbook: solution blocks become stubs, copies are current, idempotent and clean.
 
 nbval runs the student copies themselves: `make test` passes `notebooks/` to pytest, which
 collects notebooks/workbook/*.ipynb too.
@@ -14,8 +14,14 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from qlib import workbook
-from qlib.workbook import BEGIN, BEGIN_HIDDEN, END, END_HIDDEN, strip_code, strip_markdown
+from qlib.course import workbook
+from qlib.__main__ import main as qlib_main
+from qlib.course.workbook import BEGIN, BEGIN_HIDDEN, END, END_HIDDEN, strip_code, strip_markdown
+
+
+def _cli(argv: list[str]) -> int:
+    """``python -m qlib workbook ARGS``."""
+    return qlib_main(["workbook", *argv])
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "notebooks"
@@ -144,26 +150,26 @@ def test_check_mode_reports_missing_stale_and_orphan_copies(tmp_path, capsys):
     src = tmp_path / "nb"
     src.mkdir()
     path = _instructor(src)
-    assert workbook.main(["--check", "--src", str(src)]) == 1          # missing
+    assert _cli(["--check", "--src", str(src)]) == 1          # missing
     assert not (src / "workbook").exists(), "--check writes nothing"
-    assert workbook.main(["--src", str(src)]) == 0
-    assert workbook.main(["--check", "--src", str(src)]) == 0
+    assert _cli(["--src", str(src)]) == 0
+    assert _cli(["--check", "--src", str(src)]) == 0
     nb = nbformat.read(path, as_version=4)
     nb.cells[2].source = nb.cells[2].source.replace("Twice", "Two times")
     nbformat.write(nb, path)
-    assert workbook.main(["--check", "--src", str(src)]) == 1          # stale
+    assert _cli(["--check", "--src", str(src)]) == 1          # stale
     assert "stale" in capsys.readouterr().out
-    workbook.main(["--src", str(src)])
+    _cli(["--src", str(src)])
     shutil.copy(src / "workbook" / "00_demo.ipynb", src / "workbook" / "07_gone.ipynb")
     assert workbook.generate(src, check=True)["07_gone.ipynb"] == "orphan"
-    assert workbook.main(["--check", "--src", str(src)]) == 1
+    assert _cli(["--check", "--src", str(src)]) == 1
 
 
 def test_bad_notebook_fails_with_its_name(tmp_path, capsys):
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(f"{BEGIN}\nx = 1\n{END}")]
     nbformat.write(nb, tmp_path / "03_bad.ipynb")
-    assert workbook.main(["--src", str(tmp_path)]) == 1
+    assert _cli(["--src", str(tmp_path)]) == 1
     assert "03_bad.ipynb, cell 0" in capsys.readouterr().err
     assert not (tmp_path / "workbook").exists()
     with pytest.raises(ValueError, match="no notebooks folder"):

@@ -23,14 +23,14 @@ import torch
 from torch import Tensor, nn
 
 from .affine import fake_quantize
-from .fakequant import SUPPORTED, quant_layers
+from .fakequant import quant_layers, supported_layers
 from .formats import sqnr_db
 
 __all__ = ["weight_sqnr", "activation_sqnr"]
 
 
 def _float_weights(model: nn.Module) -> dict[str, Tensor]:
-    return {n: m.weight.detach() for n, m in model.named_modules() if type(m) in SUPPORTED}
+    return {n: m.weight.detach() for n, m in supported_layers(model).items()}
 
 
 def weight_sqnr(model: nn.Module, reference: nn.Module | None = None) -> dict[str, float]:
@@ -42,7 +42,7 @@ def weight_sqnr(model: nn.Module, reference: nn.Module | None = None) -> dict[st
     instance k-means shared weights) is compared with the reference's weight of the same
     name, and fake-quant layers of ``model`` contribute their quantized weight. Notebook 02.
 
-    >>> m = nn.Linear(4, 2); m2 = nn.Linear(4, 2); m2.load_state_dict(m.state_dict())
+    >>> m = nn.Linear(4, 2); m2 = nn.Linear(4, 2); _ = m2.load_state_dict(m.state_dict())
     >>> weight_sqnr(m2, m)
     {'': inf}
     """

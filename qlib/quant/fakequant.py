@@ -29,12 +29,15 @@ from collections.abc import Iterable, Mapping
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
-from .affine import _check_bits, fake_quantize, quantize
+from .._util import batch_inputs, check_bits, set_submodule, weight_layers
+from .affine import fake_quantize, quantize
 from .observers import ObserverSpec, make_observer
 
 __all__ = ["QuantLayer", "QuantConv2d", "QuantLinear", "quantize_model", "quant_layers",
-           "fold_batchnorm", "calibrate", "freeze", "SUPPORTED"]
+           "fold_batchnorm", "calibrate", "freeze", "SUPPORTED", "supported_layers",
+           "wrapper_for"]
 
 
 class QuantLayer(nn.Module):
@@ -54,8 +57,8 @@ class QuantLayer(nn.Module):
                  weight_observer: ObserverSpec = "minmax") -> None:
         super().__init__()
         self.layer = layer
-        self.weight_bits = _check_bits(weight_bits)
-        self.act_bits = None if act_bits is None else _check_bits(act_bits)
+        self.weight_bits = check_bits(weight_bits)
+        self.act_bits = None if act_bits is None else check_bits(act_bits)
         self.per_channel = per_channel
         self.weight_observer = weight_observer
         self.act_observer = None if act_bits is None else make_observer(observer, act_bits)
@@ -147,13 +150,18 @@ SUPPORTED: dict[type[nn.Module], type[QuantLayer]] = {nn.Conv2d: QuantConv2d,
                                                       nn.Linear: QuantLinear}
 
 
-def _supported(model: nn.Module) -> dict[str, nn.Module]:
-    return {n: m for n, m in model.named_modules() if type(m) in SUPPORTED}
+def supported_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The layers :func:`quantize_model` can wrap (instances of SUPPORTED's keys), by name."""
+    return weight_layers(model, tuple(SUPPORTED))
 
 
-def _set(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
+def wrapper_for(layer: nn.Module) -> type[QuantLayer]:
+    """The fake-quant wrapper class of a float layer (subclasses of Conv2d / Linear too)."""
+    for cls, wrapper in SUPPORTED.items():
+        if isinstance(layer, cls):
+            return wrapper
+    raise TypeError(f"no fake-quant wrapper for {type(layer).__name__}; supported: "
+                    f"{[t.__name__ for t in SUPPORTED]}")
 
 
 def quantize_model(model: nn.Module, weight_bits: int | Mapping[str, int],
@@ -174,7 +182,7 @@ def quantize_model(model: nn.Module, weight_bits: int | Mapping[str, int],
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    layers = _supported(model)
+    layers = supported_layers(model)
     if not layers:
         raise ValueError(f"{type(model).__name__} has no supported layer to quantize; "
                          f"supported: {[t.__name__ for t in SUPPORTED]}")
@@ -183,20 +191,20 @@ def quantize_model(model: nn.Module, weight_bits: int | Mapping[str, int],
         if unknown:
             raise ValueError(f"unknown layer names {unknown}; quantizable layers: "
                              f"{sorted(layers)}")
-        plan = {n: _check_bits(b) for n, b in weight_bits.items()}
+        plan = {n: check_bits(b) for n, b in weight_bits.items()}
     else:
-        plan = {n: _check_bits(weight_bits) for n in layers}
+        plan = {n: check_bits(weight_bits) for n in layers}
     if act_bits is not None:
-        _check_bits(act_bits)
+        check_bits(act_bits)
     model = model if inplace else copy.deepcopy(model)
     for name, bits in plan.items():
         float_layer = model.get_submodule(name) if name else model
-        wrapper = SUPPORTED[type(float_layer)](
+        wrapper = wrapper_for(float_layer)(
             float_layer, bits, act_bits, per_channel=per_channel, observer=observer,
             weight_observer=weight_observer)
         if not name:
             return wrapper
-        _set(model, name, wrapper)
+        set_submodule(model, name, wrapper)
     return model
 
 
@@ -244,10 +252,6 @@ def fold_batchnorm(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     return model
 
 
-def _images(batch) -> Tensor:
-    return batch[0] if isinstance(batch, (tuple, list)) else batch
-
-
 @torch.no_grad()
 def calibrate(model: nn.Module, batches: Iterable, *, progress: bool = False) -> int:
     """Run calibration batches (tensors (N, C, H, W) or (x, y) pairs) through a model
@@ -256,8 +260,6 @@ def calibrate(model: nn.Module, batches: Iterable, *, progress: bool = False) ->
     Puts every wrapper back into calibrating mode. Returns the number of images seen;
     ValueError for an empty calibration set or a model without fake-quant layers.
     """
-    from tqdm.auto import tqdm
-
     layers = quant_layers(model)
     if not layers:
         raise ValueError("the model has no fake-quant layer: call quantize_model first")
@@ -266,7 +268,7 @@ def calibrate(model: nn.Module, batches: Iterable, *, progress: bool = False) ->
     was_training, seen = model.training, 0
     model.eval()
     for batch in tqdm(batches, desc="calibrate", disable=not progress, leave=False):
-        x = _images(batch)
+        x = batch_inputs(batch)
         model(x)
         seen += len(x)
     model.train(was_training)

@@ -30,13 +30,12 @@ import torch
 from torch import Tensor, nn
 
 from ..data import Splits, calibration_batches
-from ..recipes import Variant, register
 from .affine import dequantize, qrange, quantize
-from .fakequant import QuantConv2d, QuantLayer, _images
-from .kernels import (INT32_MAX, INT32_MIN, _accumulate, im2col, int_conv2d, int_linear,
+from .._util import batch_inputs
+from .fakequant import QuantConv2d, QuantLayer
+from .kernels import (INT32_MAX, INT32_MIN, accumulate, im2col, int_conv2d, int_linear,
                       int_max_pool2d, quantize_multiplier, requantize, zero_point_offset)
 from .observers import MinMaxObserver
-from .packing import serialized_size
 
 __all__ = ["IntLinear", "IntConv2d", "IntMaxPool2d", "IntegerModel", "to_integer",
            "quantize_multiplier", "requantize", "int_linear", "int_conv2d", "int_max_pool2d",
@@ -69,7 +68,7 @@ class IntLinear(nn.Module):
 
     def _acc2d(self, q_x: Tensor) -> Tensor:
         """int32 accumulators as rows (M, C): M = N here, N H' W' for a convolution."""
-        return _accumulate(q_x, self.weight, self.w_zero_point, self.bias.to(torch.int64))
+        return accumulate(q_x, self.weight, self.w_zero_point, self.bias.to(torch.int64))
 
     def _shape(self, rows: Tensor, q_x: Tensor) -> Tensor:
         return rows  # (N, C) already
@@ -117,7 +116,7 @@ class IntConv2d(IntLinear):
         w = self.weight
         cols = im2col(q_x.to(torch.int64), tuple(w.shape[2:]), self.stride, self.padding,
                       int(self.x_zero_point))                             # (N H' W', K)
-        return _accumulate(cols, w.reshape(w.shape[0], -1), self.w_zero_point,
+        return accumulate(cols, w.reshape(w.shape[0], -1), self.w_zero_point,
                            self.bias.to(torch.int64))
 
     def _shape(self, rows: Tensor, q_x: Tensor) -> Tensor:
@@ -250,7 +249,7 @@ def to_integer(qmodel: nn.Module, calibration: Splits | Iterable, *, output_bits
                                           batch_size=500)
     obs = MinMaxObserver(output_bits, signed=False)
     for i, b in enumerate(calibration):
-        x = _images(b)
+        x = batch_inputs(b)
         y = qmodel(x)
         if i == 0 and not torch.allclose(nn.Sequential(*leaves)(x), y, atol=1e-5):
             raise ValueError("the model's forward is not its layers in registration order; "
@@ -298,20 +297,3 @@ def _integer_layer(m: QuantLayer, s_y: Tensor, z_y: int, y_range: tuple[int, int
     if isinstance(m, QuantConv2d):
         return IntConv2d(*args, stride=m.layer.stride, padding=m.layer.padding)
     return IntLinear(*args)
-
-
-# ----- recipe ---------------------------------------------------------------------------
-
-@register("int8-integer", "quantization", "Integer-only inference (qlib): PTQ w8a8 per-channel, "
-          "int8 x uint8 products, int32 accumulators, fixed-point requantization")
-def int8_integer(baseline: nn.Module, data: Splits) -> Variant:
-    from .ptq import ptq
-
-    torch.manual_seed(0)
-    imodel = to_integer(ptq(baseline, data, 8, 8), data)
-    state = imodel.state_dict()
-    params = sum(lay.weight.numel() + lay.bias.numel() for lay in imodel.int_layers())
-    nonzeros = sum(int((lay.weight != 0).sum()) + int((lay.quantized_bias() != 0).sum())
-                   for lay in imodel.int_layers())
-    return Variant("int8-integer", "quantization", imodel, serialized_size(state), params,
-                   nonzeros, dict(weight_bits=8, act_bits=8, output_bits=imodel.output_bits))

@@ -158,7 +158,7 @@ def zero_point_offset(q_w: Tensor, x_zero_point: int | Tensor, w_zero_point: int
     return out
 
 
-def _accumulate(x: Tensor, w: Tensor, w_zero_point: int | Tensor, offset: Tensor) -> Tensor:
+def accumulate(x: Tensor, w: Tensor, w_zero_point: int | Tensor, offset: Tensor) -> Tensor:
     """acc = x @ w^T - z_w * rowsum(x) + offset in int64, checked to fit int32. (M,K),(C,K)."""
     x64, w64 = x.to(torch.int64), w.to(torch.int64)
     acc = x64 @ w64.T                                                    # (M, C)
@@ -186,7 +186,7 @@ def int_linear(q_x: Tensor, q_w: Tensor, x_zero_point: int | Tensor,
         raise ValueError(f"need q_x (N, K) and q_w (C, K) with the same K, got "
                          f"{tuple(q_x.shape)} and {tuple(q_w.shape)}")
     offset = zero_point_offset(q_w, x_zero_point, w_zero_point, bias)
-    return _accumulate(q_x, q_w, w_zero_point, offset)
+    return accumulate(q_x, q_w, w_zero_point, offset)
 
 
 def im2col(q_x: Tensor, kernel: tuple[int, int], stride: tuple[int, int] = (1, 1),

@@ -22,7 +22,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from .affine import _check_bits, _check_finite
+from .._util import WEIGHT_LAYERS, check_bits, check_finite
 
 __all__ = ["kmeans_codebook", "kmeans_quantize_model"]
 
@@ -35,8 +35,8 @@ def kmeans_codebook(w: Tensor, bits: int, *, max_iter: int = 300) -> tuple[Tenso
     (linear init, no randomness); stops when no assignment changes. An empty cluster keeps
     its centroid. Notebook 02.
     """
-    bits = _check_bits(bits)
-    _check_finite(w, "w")
+    bits = check_bits(bits)
+    check_finite(w, "w")
     if w.numel() == 0:
         raise ValueError("w is empty: there is nothing to cluster")
     x = w.detach().reshape(-1).double()
@@ -73,7 +73,7 @@ def kmeans_quantize_model(model: nn.Module, bits: int, *, inplace: bool = False
     model = model if inplace else copy.deepcopy(model)
     books = {}
     for name, m in model.named_modules():
-        if type(m) in (nn.Conv2d, nn.Linear):
+        if isinstance(m, WEIGHT_LAYERS):
             codebook, idx = kmeans_codebook(m.weight, bits)
             m.weight.copy_(codebook[idx])
             books[name] = (codebook, idx)

@@ -29,7 +29,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .affine import EPS, _broadcast, _check_bits, _check_finite, qrange
+from .._util import check_bits, check_finite
+from .affine import EPS, broadcast_qparam, qrange
 
 __all__ = ["round_ste", "scale_grad", "lsq_grad_scale", "lsq_init_scale", "lsq_fake_quantize",
            "LSQQuantizer"]
@@ -80,7 +81,7 @@ def lsq_init_scale(x: Tensor, bits: int, *, signed: bool = True, zero_point: int
     tensor([1.5119, 0.3780])
     """
     qmax = qrange(bits, signed)[1] - zero_point
-    _check_finite(x)
+    check_finite(x)
     if x.numel() == 0 or qmax < 1:
         raise ValueError(f"need a non-empty x and Q_P >= 1, got {x.numel()} values, Q_P={qmax}")
     a = x.detach().float().abs()
@@ -105,17 +106,17 @@ def lsq_fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor, bits: int, *
     tensor(1.4000)
     """
     qmin, qmax = qrange(bits, signed)
-    _check_finite(x)
+    check_finite(x)
     if not isinstance(scale, Tensor) or not scale.is_floating_point():
         raise TypeError(f"scale must be a float tensor, got {type(scale).__name__}")
-    _check_finite(scale.detach(), "scale")
+    check_finite(scale.detach(), "scale")
     if not bool((scale.detach() > 0).all()):
         raise ValueError(f"scale must be positive (> 0), got min {scale.min().item():.3g}")
     zp = torch.as_tensor(zero_point)
     if not bool(((zp >= qmin) & (zp <= qmax)).all()):
         raise ValueError(f"zero_point must lie in qrange = [{qmin}, {qmax}]")
-    s = _broadcast(scale_grad(scale, grad_scale), x, axis, "scale")
-    z = _broadcast(zp, x, axis, "zero_point").detach().to(s.dtype)
+    s = broadcast_qparam(scale_grad(scale, grad_scale), x, axis, name="scale")
+    z = broadcast_qparam(zp, x, axis, name="zero_point").detach().to(s.dtype)
     u = x.detach() / s.detach()
     q = torch.round(u) + z
     inside = (q >= qmin) & (q <= qmax)
@@ -150,7 +151,7 @@ class LSQQuantizer(nn.Module):
             raise ValueError(f"kind must be 'weight' or 'activation', got {kind!r}")
         if kind == "weight" and (channels is None or channels < 1):
             raise ValueError("a weight quantizer needs channels >= 1 (one scale per channel)")
-        self.bits, self.kind, self.learn = _check_bits(bits), kind, learn
+        self.bits, self.kind, self.learn = check_bits(bits), kind, learn
         self.signed = kind == "weight"
         self.axis = 0 if kind == "weight" else None
         qmin, qmax = qrange(bits, self.signed)

@@ -29,7 +29,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from .affine import _check_bits, choose_qparams, fake_quantize
+from .._util import check_bits
+from .affine import choose_qparams, fake_quantize
 
 __all__ = ["Observer", "MinMaxObserver", "MovingAverageMinMaxObserver", "PercentileObserver",
            "MSEObserver", "KLObserver", "OBSERVERS", "make_observer"]
@@ -48,7 +49,7 @@ class Observer(nn.Module):
     def __init__(self, bits: int = 8, *, symmetric: bool = False, signed: bool = False,
                  axis: int | None = None, max_samples: int = 1 << 15, seed: int = 0) -> None:
         super().__init__()
-        self.bits, self.symmetric, self.signed, self.axis = _check_bits(bits), symmetric, \
+        self.bits, self.symmetric, self.signed, self.axis = check_bits(bits), symmetric, \
             signed, axis
         self.max_samples = max_samples
         self.min_val: Tensor | None = None  # 0-d, or (C,) per channel

@@ -7,13 +7,7 @@ activation qparams) stays float32. ``packed_size_bytes(model)`` is the byte coun
 ``torch.save(packed_state(model))`` and ``unpack_state`` turns the file back into a
 state dict the fake-quant model loads (tested: same outputs).
 
-Bit layout: the value v_i (offset to be non-negative, v_i = q_i - qmin) occupies bits
-[i*b, (i+1)*b) of the stream, least significant bit first; byte j holds stream bits
-[8j, 8j + 8), also LSB first.
-
->>> p = pack_bits(torch.tensor([1, 2, 3, 0]), 2, signed=False)
->>> p, unpack_bits(p, 2, 4, signed=False)
-(tensor([57], dtype=torch.uint8), tensor([1, 2, 3, 0], dtype=torch.int32))
+The bit stream itself is :mod:`qlib.codec.bits` (the one bit packer).
 """
 
 from __future__ import annotations
@@ -24,45 +18,12 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from .affine import dequantize, qrange
+from ..codec.bits import pack_bits, unpack_bits
+from .affine import dequantize
+from .fakequant import quant_layers
 
 __all__ = ["pack_bits", "unpack_bits", "packed_state", "unpack_state", "packed_size_bytes",
            "serialized_size"]
-
-
-def pack_bits(q: Tensor, bits: int, *, signed: bool = True) -> Tensor:
-    """Pack integers in qrange(bits, signed) into a uint8 bit stream ((numel * bits + 7) // 8,).
-
-    ValueError if a value is outside the range. 4-bit weights take half a byte each.
-    """
-    qmin, qmax = qrange(bits, signed)
-    v = q.reshape(-1).to(torch.int64)
-    if v.numel() and (int(v.min()) < qmin or int(v.max()) > qmax):
-        raise ValueError(f"values must lie in qrange({bits}, signed={signed}) = [{qmin}, "
-                         f"{qmax}], got [{int(v.min())}, {int(v.max())}]")
-    v = v - qmin
-    stream = ((v.unsqueeze(1) >> torch.arange(bits)) & 1).to(torch.uint8).reshape(-1)
-    stream = torch.cat([stream, stream.new_zeros(-stream.numel() % 8)]).view(-1, 8)
-    return (stream.to(torch.int32) << torch.arange(8, dtype=torch.int32)).sum(1).to(torch.uint8)
-
-
-def unpack_bits(packed: Tensor, bits: int, numel: int, *, signed: bool = True) -> Tensor:
-    """Inverse of :func:`pack_bits`: the first ``numel`` values, int32 (numel,)."""
-    qmin, _ = qrange(bits, signed)
-    if packed.dtype != torch.uint8 or packed.ndim != 1:
-        raise ValueError(f"packed must be a 1-d uint8 tensor, got {packed.dtype} "
-                         f"{tuple(packed.shape)}")
-    if packed.numel() * 8 < numel * bits:
-        raise ValueError(f"{packed.numel()} bytes hold fewer than {numel} values of {bits} bits")
-    stream = ((packed.to(torch.int64).unsqueeze(1) >> torch.arange(8)) & 1).reshape(-1)
-    stream = stream[: numel * bits].view(numel, bits)
-    return ((stream << torch.arange(bits)).sum(1) + qmin).to(torch.int32)
-
-
-def _quant_layers(model: nn.Module) -> dict:
-    from .fakequant import quant_layers
-
-    return quant_layers(model)
 
 
 def packed_state(model: nn.Module, codebooks: Mapping[str, tuple[Tensor, Tensor]] | None = None
@@ -78,7 +39,7 @@ def packed_state(model: nn.Module, codebooks: Mapping[str, tuple[Tensor, Tensor]
     """
     state = {k: v.detach() for k, v in model.state_dict().items()}
     affine, book = {}, {}
-    for name, layer in _quant_layers(model).items():
+    for name, layer in quant_layers(model).items():
         pre = f"{name}." if name else ""
         key = pre + "layer.weight"
         q, scale, zp = layer.quantized_weight()

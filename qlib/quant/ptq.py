@@ -19,19 +19,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from ..data import Splits, calibration_batches
-from ..recipes import Variant, register
-from .affine import _check_bits
+from .._util import WEIGHT_LAYERS, check_bits
+from ..train import evaluate
 from .fakequant import calibrate, fold_batchnorm, freeze, quant_layers, quantize_model
-from .kmeans import kmeans_quantize_model
 from .observers import ObserverSpec
-from .packing import packed_state, serialized_size, unpack_state
 
-__all__ = ["ptq", "layer_sensitivity", "assign_bits", "weight_counts", "packed_variant",
-           "accuracy_on"]
+__all__ = ["ptq", "layer_sensitivity", "assign_bits", "weight_counts", "accuracy_on"]
 
 
 def ptq(model: nn.Module, calibration: Splits | Iterable | None = None,
@@ -59,8 +55,6 @@ def ptq(model: nn.Module, calibration: Splits | Iterable | None = None,
 
 def accuracy_on(model: nn.Module, data: Splits, split: str = "val") -> float:
     """Top-1 accuracy (fraction) of a model on one split of ``data`` (qlib.train.evaluate)."""
-    from ..train import evaluate
-
     return evaluate(model, data.loader(split, 500))["accuracy"]
 
 
@@ -80,7 +74,7 @@ def layer_sensitivity(model: nn.Module, data: Splits, bits: Iterable[int] = (2, 
     for name in names:
         out[name] = {}
         for b in bits:
-            q = quantize_model(base, {name: _check_bits(b)}, per_channel=per_channel)
+            q = quantize_model(base, {name: check_bits(b)}, per_channel=per_channel)
             out[name][b] = ref - accuracy_on(q, data, split)
     return out
 
@@ -91,7 +85,7 @@ def weight_counts(model: nn.Module) -> dict[str, int]:
     if q:
         return {n: m.weight.numel() for n, m in q.items()}
     return {n: m.weight.numel() for n, m in model.named_modules()
-            if type(m) in (nn.Conv2d, nn.Linear)}
+            if isinstance(m, WEIGHT_LAYERS)}
 
 
 def assign_bits(sensitivity: Mapping[str, Mapping[int, float]], counts: Mapping[str, int],
@@ -131,77 +125,3 @@ def assign_bits(sensitivity: Mapping[str, Mapping[int, float]], counts: Mapping[
                              f"{size():.0f} B of the measured bit widths")
         plan[best[0]] = best[1]
     return plan
-
-
-def _nonzeros(model: nn.Module, state: dict[str, Tensor]) -> tuple[int, int]:
-    params = dict(model.named_parameters())
-    vals = [state[k] for k in params if k in state]
-    return sum(v.numel() for v in vals), sum(int((v != 0).sum()) for v in vals)
-
-
-def packed_variant(name: str, qmodel: nn.Module, codebooks: Mapping | None = None,
-                   **extra) -> Variant:
-    """A report :class:`~qlib.recipes.Variant` whose model is reloaded from its packed file.
-
-    The fake-quant model is serialised with :func:`~qlib.quant.packing.packed_state`
-    (size_bytes = bytes of that file), unpacked and loaded back, so what is evaluated is
-    exactly what would ship.
-    """
-    packed = packed_state(qmodel, codebooks)
-    state = unpack_state(packed)
-    qmodel.load_state_dict(state)
-    params, nonzeros = _nonzeros(qmodel, state)
-    return Variant(name, "quantization", qmodel.eval(), serialized_size(packed), params,
-                   nonzeros, dict(extra))
-
-
-# ----- recipes (deterministic; the baseline is never modified) --------------------------
-
-def _ptq_recipe(name: str, data: Splits, baseline: nn.Module, weight_bits: int,
-                act_bits: int | None, **kw) -> Variant:
-    torch.manual_seed(0)
-    q = ptq(baseline, data, weight_bits, act_bits, **kw)
-    return packed_variant(name, q, weight_bits=weight_bits, act_bits=act_bits,
-                          **{k: str(v) for k, v in kw.items()})
-
-
-@register("ptq-w8a8", "quantization", "PTQ: 8-bit per-channel weights, 8-bit activations "
-          "(min-max, 256 calibration images), BN folded")
-def ptq_w8a8(baseline: nn.Module, data: Splits) -> Variant:
-    return _ptq_recipe("ptq-w8a8", data, baseline, 8, 8)
-
-
-@register("ptq-w8a8-per-tensor", "quantization", "PTQ: 8-bit per-tensor weights, 8-bit "
-          "activations")
-def ptq_w8a8_per_tensor(baseline: nn.Module, data: Splits) -> Variant:
-    return _ptq_recipe("ptq-w8a8-per-tensor", data, baseline, 8, 8, per_channel=False)
-
-
-@register("ptq-w4", "quantization", "PTQ: 4-bit per-channel weights (MSE-clipped), float "
-          "activations")
-def ptq_w4(baseline: nn.Module, data: Splits) -> Variant:
-    return _ptq_recipe("ptq-w4", data, baseline, 4, None, weight_observer="mse")
-
-
-@register("ptq-w4a8", "quantization", "PTQ: 4-bit per-channel weights (MSE-clipped), 8-bit "
-          "activations (percentile)")
-def ptq_w4a8(baseline: nn.Module, data: Splits) -> Variant:
-    return _ptq_recipe("ptq-w4a8", data, baseline, 4, 8, weight_observer="mse",
-                       observer="percentile")
-
-
-@register("kmeans-w4", "quantization", "k-means weight sharing: 16-entry codebook per layer, "
-          "4-bit indices, BN folded")
-def kmeans_w4(baseline: nn.Module, data: Splits) -> Variant:
-    model, books = kmeans_quantize_model(fold_batchnorm(baseline), 4, inplace=True)
-    return packed_variant("kmeans-w4", model, books, weight_bits=4)
-
-
-@register("ptq-mixed", "quantization", "PTQ mixed precision: per-layer weight bits from "
-          "validation sensitivity under a 2.5-bit average budget, float activations")
-def ptq_mixed(baseline: nn.Module, data: Splits) -> Variant:
-    sens = layer_sensitivity(baseline, data, (2, 3, 4, 8))
-    counts = weight_counts(baseline)
-    plan = assign_bits(sens, counts, 2.5 * sum(counts.values()) / 8)
-    q = ptq(baseline, data, plan, None)
-    return packed_variant("ptq-mixed", q, weight_bits=plan)

@@ -33,13 +33,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data import Splits, calibration_batches
-from ..recipes import Variant, register
-from .affine import EPS, _check_bits, choose_qparams
-from .fakequant import SUPPORTED, QuantLayer, fold_batchnorm
+from .._util import check_bits, set_submodule
+from ..train import fit
+from .affine import EPS, choose_qparams
+from .fakequant import QuantLayer, fold_batchnorm, supported_layers, wrapper_for
 from .lsq import LSQQuantizer
-from .ptq import packed_variant
 
-__all__ = ["QATLayer", "qat_layers", "prepare_qat", "convert_qat", "qat", "QAT_RECIPES"]
+__all__ = ["QATLayer", "qat_layers", "prepare_qat", "convert_qat", "qat"]
 
 
 class QATLayer(nn.Module):
@@ -52,9 +52,11 @@ class QATLayer(nn.Module):
     def __init__(self, layer: nn.Module, weight_bits: int, act_bits: int | None = None, *,
                  act_zero_point: int = 0, learn: bool = True) -> None:
         super().__init__()
-        if type(layer) not in SUPPORTED:
-            raise TypeError(f"QATLayer wraps {[t.__name__ for t in SUPPORTED]}, got "
-                            f"{type(layer).__name__}")
+        try:
+            wrapper_for(layer)
+        except TypeError:
+            raise TypeError(f"QATLayer wraps Conv2d / Linear layers, got "
+                            f"{type(layer).__name__}") from None
         self.layer = layer
         self.weight_quant = LSQQuantizer(weight_bits, "weight", layer.weight.shape[0],
                                          learn=learn)
@@ -74,11 +76,6 @@ class QATLayer(nn.Module):
 def qat_layers(model: nn.Module) -> dict[str, QATLayer]:
     """The QAT wrappers of a model by name (``"features.0"`` ...)."""
     return {n: m for n, m in model.named_modules() if isinstance(m, QATLayer)}
-
-
-def _set(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
 @torch.no_grad()
@@ -120,15 +117,15 @@ def prepare_qat(model: nn.Module, calibration: Splits | Iterable | None, weight_
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    _check_bits(weight_bits)
+    check_bits(weight_bits)
     model = fold_batchnorm(model) if fold_bn else copy.deepcopy(model)
-    names = [n for n, m in model.named_modules() if type(m) in SUPPORTED]
+    names = list(supported_layers(model))
     if not names or "" in names:
         raise ValueError(f"{type(model).__name__} has no Conv2d / Linear inside it to train "
                          "with fake quantization")
     stats = {}
     if act_bits is not None:
-        _check_bits(act_bits)
+        check_bits(act_bits)
         if calibration is None:
             raise ValueError("act_bits needs calibration data: pass the Splits or batches")
         batches = (calibration_batches(calibration, num_images)
@@ -145,7 +142,7 @@ def prepare_qat(model: nn.Module, calibration: Splits | Iterable | None, weight_
         if wrapper.act_quant is not None:
             mean_abs = torch.tensor([stats[n][2]])
             wrapper.act_quant.initialise(mean_abs)
-        _set(model, n, wrapper)
+        set_submodule(model, n, wrapper)
     return model.train()
 
 
@@ -161,7 +158,7 @@ def convert_qat(model: nn.Module) -> nn.Module:
     model = copy.deepcopy(model)
     for name, q in qat_layers(model).items():
         a = q.act_quant
-        plain: QuantLayer = SUPPORTED[type(q.layer)](q.layer, q.weight_quant.bits,
+        plain: QuantLayer = wrapper_for(q.layer)(q.layer, q.weight_quant.bits,
                                                      None if a is None else a.bits)
         plain.weight_scale = q.weight_quant.scale.detach().clamp(min=EPS).clone()
         plain.weight_zero_point = q.weight_quant.zero_point.clone()
@@ -169,7 +166,7 @@ def convert_qat(model: nn.Module) -> nn.Module:
             plain.act_scale = a.scale.detach().clamp(min=EPS).clone()
             plain.act_zero_point = a.zero_point.clone()
         plain.calibrating = False
-        _set(model, name, plain)
+        set_submodule(model, name, plain)
     return model.eval()
 
 
@@ -182,51 +179,8 @@ def qat(model: nn.Module, data: Splits, weight_bits: int = 4, act_bits: int | No
     split, validating each epoch. Returns (frozen fake-quant model, fit's history).
     Notebook 04.
     """
-    from ..train import fit
-
     qmodel = prepare_qat(model, data, weight_bits, act_bits, learn_scales=learn_scales)
     history = fit(qmodel, data.loader("train", batch_size, seed=seed), epochs=epochs, lr=lr,
                   val_loader=data.loader("val", 500), seed=seed, progress=progress,
                   desc=f"QAT w{weight_bits}a{act_bits}")
     return convert_qat(qmodel), history
-
-
-# ----- recipes (deterministic, cached under data/models; the baseline is never modified) --
-
-#: The recipes' settings: weight bits, activation bits, epochs, peak learning rate.
-QAT_RECIPES: dict[str, dict] = {
-    "qat-w4a4": dict(weight_bits=4, act_bits=4, epochs=4, lr=5e-4),
-    "qat-w2a8": dict(weight_bits=2, act_bits=8, epochs=4, lr=5e-4),
-}
-
-
-def _qat_recipe(name: str, baseline: nn.Module, data: Splits) -> Variant:
-    from ..train import cached_training, fingerprint, fit
-
-    cfg = QAT_RECIPES[name]
-    recipe = dict(cfg, method="lsq", batch_size=64, num_images=256, seed=0, fold_bn=True,
-                  dataset=data.name, baseline=fingerprint(baseline), version=3)
-
-    def build() -> nn.Module:
-        torch.manual_seed(0)
-        return prepare_qat(baseline, data, cfg["weight_bits"], cfg["act_bits"])
-
-    def train(net: nn.Module) -> None:
-        fit(net, data.loader("train", 64, seed=0), epochs=cfg["epochs"], lr=cfg["lr"],
-            seed=0, progress=False)
-
-    qmodel = cached_training(name, recipe, build, train)
-    return packed_variant(name, convert_qat(qmodel), **{k: cfg[k] for k in cfg},
-                          method="LSQ QAT")
-
-
-@register("qat-w4a4", "quantization", "QAT (LSQ): 4-bit per-channel weights, 4-bit "
-          "activations, learned scales, BN folded, 4 epochs from the baseline")
-def qat_w4a4(baseline: nn.Module, data: Splits) -> Variant:
-    return _qat_recipe("qat-w4a4", baseline, data)
-
-
-@register("qat-w2a8", "quantization", "QAT (LSQ): 2-bit per-channel weights, 8-bit "
-          "activations, learned scales, BN folded, 4 epochs from the baseline")
-def qat_w2a8(baseline: nn.Module, data: Splits) -> Variant:
-    return _qat_recipe("qat-w2a8", baseline, data)

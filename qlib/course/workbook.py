@@ -1,6 +1,6 @@
 """Student copies of the notebooks: solutions replaced by stubs (``make workbook``).
 
-Introduced in notebook 00's exercises. ``python -m qlib.workbook`` reads every instructor
+Introduced in notebook 00's exercises. ``python -m qlib workbook`` reads every instructor
 notebook ``notebooks/NN_*.ipynb`` that holds solutions and writes its student copy
 ``notebooks/workbook/NN_*.ipynb``, only where the content changed; ``--check`` writes
 nothing and exits 1 if a copy is missing, stale or orphaned (tests/test_workbook.py).
@@ -13,7 +13,7 @@ Conventions for exercises (an instructor notebook's "## Exercises" section, afte
    docstring. The student copy keeps the ``def`` and the docstring and replaces the block
    with ``raise NotImplementedError("Exercise: write the body of NAME")`` at the block's
    indentation. A block outside a ``def`` is an error: the copy must run to the end.
-2. The next cell checks it with ``qlib.check`` against qlib's reference (a lambda over it
+2. The next cell checks it with ``qlib.course.check`` against qlib's reference (a lambda over it
    is fine) on fixed inputs and seeded random ones, and prints the result: one plain
    sentence; a checker never raises on a wrong or unsolved answer ("Not attempted yet")::
 
@@ -38,23 +38,20 @@ Conventions for exercises (an instructor notebook's "## Exercises" section, afte
 
 from __future__ import annotations
 
-import argparse
 import copy
 import re
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 import nbformat
 
-__all__ = ["strip_code", "strip_markdown", "student_notebook", "generate", "main",
+__all__ = ["strip_code", "strip_markdown", "student_notebook", "generate",
            "BEGIN", "END", "BEGIN_HIDDEN", "END_HIDDEN", "STUB"]
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 STUB = 'raise NotImplementedError("Exercise: write the body of {name}")'
 ANSWER = "*Your answer here.*"
-NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 BANNER_ID = "workbook-banner"
 _DEF = re.compile(r"^(\s*)(?:async\s+)?def\s+(\w+)")
 
@@ -115,7 +112,7 @@ def strip_code(source: str, where: str = "cell") -> tuple[str, int]:
         if name is None:
             raise ValueError(f"{where}: the solution on line {b + 1} is not inside a def; "
                              "put each code solution in a function body so that the student "
-                             "copy runs to the end (see qlib.workbook's conventions)")
+                             "copy runs to the end (see qlib.course.workbook's conventions)")
         drop.update(range(b, e + 1))
         stubs[b] = lines[b][:_indent(lines[b])] + STUB.format(name=name)
     out = [stubs[i] if i in stubs else line for i, line in enumerate(lines)
@@ -210,30 +207,3 @@ def generate(src: str | Path = NOTEBOOKS, out: str | Path | None = None, *,
         if old_copy.name not in states:
             states[old_copy.name] = "orphan"
     return states
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m qlib.workbook [--check] [--src DIR] [--out DIR]``; exit 1 on a problem."""
-    parser = argparse.ArgumentParser(prog="python -m qlib.workbook", description=__doc__
-                                     .split("\n")[0])
-    parser.add_argument("--check", action="store_true",
-                        help="write nothing; exit 1 if a student copy is missing or stale")
-    parser.add_argument("--src", default=str(NOTEBOOKS), help="instructor notebooks folder")
-    parser.add_argument("--out", default=None, help="student copies (default SRC/workbook)")
-    args = parser.parse_args(argv)
-    try:
-        states = generate(args.src, args.out, check=args.check)
-    except ValueError as err:
-        print(f"workbook: {err}", file=sys.stderr)
-        return 1
-    for name, state in states.items():
-        print(f"{state:13s} {name}")
-    bad = [n for n, s in states.items() if s in ("stale", "missing", "orphan")]
-    if bad and args.check:
-        print(f"workbook: {len(bad)} student copies out of date: run `make workbook`",
-              file=sys.stderr)
-    return 1 if bad and args.check else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

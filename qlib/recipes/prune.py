@@ -5,9 +5,9 @@ fine-tunes briefly with :func:`qlib.train.fit` (3 epochs at a low learning rate,
 of the baseline's 12) and returns the model as it is shipped:
 
     prune-90    90% of all conv / linear weights removed by global magnitude, masks kept
-                through fine-tuning, stored as bitmask + float32 values (qlib.sparse) and
+                through fine-tuning, stored as bitmask + float32 values (qlib.prune.sparse) and
                 loaded back from that file; same dense compute, about 7x smaller file
-    channel-50  half the output channels of both convs removed by L1 norm (qlib.channels):
+    channel-50  half the output channels of both convs removed by L1 norm (qlib.prune.channels):
                 a dense SmallCNN((8, 16)) with fewer parameters, MACs and milliseconds
 """
 
@@ -19,8 +19,11 @@ import io
 import torch
 from torch import nn
 
-from .data import Splits
-from .recipes import Variant, register
+from ..data import Splits
+from ..measure import count_nonzeros, count_parameters
+from ..prune import load_sparse, magnitude_prune, prune_channels, remove_masks, save_sparse, sparsity
+from ..train import fit
+from .registry import Variant
 
 __all__ = ["prune_90", "channel_50", "FINETUNE"]
 
@@ -31,8 +34,6 @@ FINETUNE = dict(epochs=3, lr=1e-3, batch_size=64)
 def _finetune(model: nn.Module, data: Splits, desc: str) -> None:
     """Fine-tune on one thread: the same numbers on any machine (float sums depend on the
     thread count), and no slowdown from threads competing for busy cores."""
-    from .train import fit
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -42,14 +43,8 @@ def _finetune(model: nn.Module, data: Splits, desc: str) -> None:
         torch.set_num_threads(threads)
 
 
-@register("prune-90", technique="pruning",
-          description="90% global magnitude pruning, fine-tuned, stored sparse (bitmask+fp32)")
 def prune_90(baseline: nn.Module, data: Splits) -> Variant:
     """90% global unstructured magnitude pruning, fine-tuned with masks, stored sparse."""
-    from .bench import count_nonzeros, count_parameters
-    from .prune import magnitude_prune, remove_masks, sparsity
-    from .sparse import load_sparse, save_sparse
-
     model = copy.deepcopy(baseline)
     magnitude_prune(model, 0.9, scope="global")
     _finetune(model, data, "prune-90")
@@ -64,12 +59,8 @@ def prune_90(baseline: nn.Module, data: Splits) -> Variant:
                     "finetune": dict(FINETUNE)})
 
 
-@register("channel-50", technique="pruning",
-          description="half the conv channels removed by L1 norm, fine-tuned (dense, smaller)")
 def channel_50(baseline: nn.Module, data: Splits) -> Variant:
     """Structured pruning: 50% of each conv's output channels removed, then fine-tuned."""
-    from .channels import prune_channels
-
     model = prune_channels(baseline, 0.5, norm=1)
     _finetune(model, data, "channel-50")
     channels = getattr(model, "config", {}).get("channels")

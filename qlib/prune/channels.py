@@ -29,6 +29,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .._util import check_sparsity
+from .masks import baked_copy
+
 __all__ = ["channel_norms", "channel_mask", "prune_channels"]
 
 # Modules that may sit between a conv and the next weight layer, each per channel.
@@ -59,9 +62,7 @@ def channel_mask(weight: Tensor, amount: float, norm: int = 1) -> Tensor:
     Introduced in notebook 05. The channels ``torch.nn.utils.prune.ln_structured(amount,
     n=norm, dim=0)`` keeps. ``amount`` in [0, 1].
     """
-    from .prune import _check_sparsity
-
-    amount = _check_sparsity(amount, "amount")
+    amount = check_sparsity(amount, "amount")
     scores = channel_norms(weight, norm)
     keep = scores.numel() - round(amount * scores.numel())
     mask = torch.zeros_like(scores, dtype=torch.bool)
@@ -155,8 +156,6 @@ def prune_channels(model: nn.Module, amount: float | dict[str, float], *, norm: 
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected an nn.Module, got {type(model).__name__}")
-    from .prune import baked_copy
-
     new = baked_copy(model)
     leaves = _leaves(new)
     plan = _plan(leaves)

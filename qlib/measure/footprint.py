@@ -1,60 +1,23 @@
-"""Footprint: parameters, non-zeros, MACs and peak memory of a forward pass.
+"""Footprint: size on disk, parameters, non-zeros, MACs and peak memory of a forward pass.
 
-Introduced in notebook 00; re-exported by :mod:`qlib.bench`, where notebooks find them.
+Introduced in notebook 00 (``qlib.bench`` re-exports these names, the course contract).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import io
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.profiler import ProfilerActivity, profile
 
-__all__ = ["count_parameters", "count_nonzeros", "count_macs", "peak_memory"]
+from .._util import Inputs, as_args, check_module, inference
 
-Inputs = Tensor | np.ndarray | tuple | list
-
-
-def _as_args(example_input: Inputs) -> tuple:
-    """A tensor / array becomes a 1-tuple; a tuple or list is passed as positional args."""
-    if isinstance(example_input, (Tensor, np.ndarray)):
-        return (example_input,)
-    if isinstance(example_input, (tuple, list)) and len(example_input) > 0:
-        return tuple(example_input)
-    raise TypeError("example_input must be a tensor, an array or a non-empty tuple/list of "
-                    f"inputs, got {type(example_input).__name__}")
-
-
-def _check_int(value: Any, name: str, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-
-
-def _check_module(model: Any, what: str) -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"{what} needs an nn.Module, got {type(model).__name__}")
-    return model
-
-
-@contextmanager
-def _inference(model: Any, threads: int | None = None) -> Iterator[None]:
-    """Eval mode + no_grad (+ pinned thread count); everything restored, also on error."""
-    prev_threads = torch.get_num_threads()
-    was_training = isinstance(model, nn.Module) and model.training
-    try:
-        if threads is not None:
-            torch.set_num_threads(threads)
-        if isinstance(model, nn.Module):
-            model.eval()  # dropout off, batch norm uses its running statistics
-        with torch.no_grad():
-            yield
-    finally:
-        torch.set_num_threads(prev_threads)
-        if was_training:
-            model.train()
+__all__ = ["count_parameters", "count_nonzeros", "count_macs", "peak_memory", "model_size_bytes"]
 
 
 def _effective_params(model: nn.Module) -> list[Tensor]:
@@ -76,7 +39,7 @@ def count_parameters(model: nn.Module) -> int:
     >>> count_parameters(torch.nn.Linear(3, 2))  # 3*2 weights + 2 biases
     8
     """
-    _check_module(model, "count_parameters")
+    check_module(model, "count_parameters")
     return int(sum(p.numel() for p in model.parameters()))
 
 
@@ -89,7 +52,7 @@ def count_nonzeros(model: nn.Module) -> int:
     >>> lin = torch.nn.Linear(3, 2); _ = torch.nn.init.zeros_(lin.weight); count_nonzeros(lin)
     2
     """
-    _check_module(model, "count_nonzeros")
+    check_module(model, "count_nonzeros")
     return int(sum(torch.count_nonzero(p).item() for p in _effective_params(model)))
 
 
@@ -108,8 +71,8 @@ def count_macs(model: nn.Module, example_input: Inputs) -> int:
     >>> count_macs(torch.nn.Linear(4, 3), torch.zeros(2, 4))  # 2 * 3 outputs * 4 inputs
     24
     """
-    _check_module(model, "count_macs")
-    args = _as_args(example_input)
+    check_module(model, "count_macs")
+    args = as_args(example_input)
     total = [0]
 
     def conv_hook(m: nn.modules.conv._ConvNd, _inp: Any, out: Tensor) -> None:
@@ -128,7 +91,7 @@ def count_macs(model: nn.Module, example_input: Inputs) -> int:
         raise ValueError("count_macs counts Conv1d/2d/3d and Linear layers; the model "
                          f"{type(model).__name__} has none")
     try:
-        with _inference(model):
+        with inference(model):
             model(*args)
     finally:
         for h in handles:
@@ -159,10 +122,8 @@ def peak_memory(model: nn.Module | Callable[..., Any], example_input: Inputs) ->
     """
     if not callable(model):
         raise TypeError(f"peak_memory needs an nn.Module or a callable, got {type(model).__name__}")
-    args = _as_args(example_input)
-    from torch.profiler import ProfilerActivity, profile
-
-    with _inference(model):
+    args = as_args(example_input)
+    with inference(model):
         model(*args)  # warm-up: one-off allocations (caches, packed weights) are not the peak
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             model(*args)
@@ -183,3 +144,32 @@ def peak_memory(model: nn.Module | Callable[..., Any], example_input: Inputs) ->
     w = sum(weights.values())
     return {"weights_bytes": int(w), "input_bytes": int(in_bytes),
             "activations_peak_bytes": int(peak), "peak_bytes": int(w + in_bytes + peak)}
+
+
+def model_size_bytes(model_or_path: nn.Module | str | Path) -> int:
+    """Bytes of the serialized model: ``len(torch.save(model.state_dict()))`` or a file's size.
+
+    Introduced in notebook 00. An ``nn.Module`` is serialized in memory (``io.BytesIO``):
+    fp32 costs 4 bytes per parameter and buffer entry, plus a small zip header. The zip
+    names its entries after the file's stem ("archive" in memory), so this equals
+    ``torch.save(model.state_dict(), "archive.pt")`` exactly; another file name shifts the
+    header by a few hundred bytes (e.g. -364 bytes for "model.pt"). A ``str``/``Path``
+    names a file (its size on disk) or a directory (sum over the files inside, recursively),
+    e.g. an exported ``.onnx`` model or a packed int8 weight file.
+
+    >>> model_size_bytes(torch.nn.Linear(1000, 1000)) > 4 * 1000 * 1000
+    True
+    """
+    if isinstance(model_or_path, nn.Module):
+        buffer = io.BytesIO()
+        torch.save(model_or_path.state_dict(), buffer)
+        return buffer.getbuffer().nbytes
+    if isinstance(model_or_path, (str, Path)):
+        path = Path(model_or_path)
+        if path.is_file():
+            return path.stat().st_size
+        if path.is_dir():
+            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        raise ValueError(f"model_size_bytes: no file or directory at {str(path)!r}")
+    raise TypeError("model_size_bytes takes an nn.Module or a file/directory path (str or "
+                    f"Path), got {type(model_or_path).__name__}")

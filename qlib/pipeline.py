@@ -10,10 +10,10 @@ loss). The three stages each remove a different redundancy:
    on the validation split, so that each survivor is a b-bit index;
 3. **entropy coding** stores where the survivors are as gaps between them (relative
    indices, capped at ``2^gap_bits - 1`` with a filler entry for longer runs) and what
-   they are as codebook indices, both Huffman-coded (:mod:`qlib.entropy`).
+   they are as codebook indices, both Huffman-coded (:mod:`qlib.codec.huffman`).
 
-Everything else (biases, batch norm) is stored as float16. The file is this module's own
-container (``pack`` / ``unpack``), so its length is an honest size on disk.
+Everything else (biases, batch norm) is stored as float16. The file is the course's container
+(:mod:`qlib.codec.container`), so its length is an honest size on disk.
 
 >>> blob = encode_layer(torch.tensor([0.0, 0.5, 0.0, 0.0, -0.5]), torch.tensor([-0.5, 0.5]))
 >>> decode_layer(blob).tolist()
@@ -30,12 +30,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .data import Splits
-from .entropy import huffman_decode, huffman_encode
-from .prune import magnitude_prune, prunable_layers, remove_masks
-from .recipes import Variant, register
+from torch.nn.utils import parametrize
 
-__all__ = ["CODED", "encode_layer", "decode_layer", "pack", "unpack", "share_weights",
+from .codec import huffman_decode, huffman_encode, pack_entries, unpack_entries
+from .data import Splits
+from .prune import magnitude_prune, prunable_layers, remove_masks
+from .quant import kmeans_codebook
+from .train import cached_training, evaluate, fingerprint, fit
+
+__all__ = ["CODED", "encode_layer", "decode_layer", "share_weights",
            "finetune_codebooks", "choose_bits", "save_compressed", "load_compressed", "deep_compress"]
 
 _FILLER = -1  # index-stream symbol for a filler entry (a zero that only advances position)
@@ -91,37 +94,12 @@ def decode_layer(data: bytes) -> Tensor:
     return out.view(shape)
 
 
-def pack(entries: Mapping[str, bytes]) -> bytes:
-    """A minimal container: per entry uint8 name length, name, uint32 payload length, payload."""
-    out = [struct.pack("<H", len(entries))]
-    for name, payload in entries.items():
-        raw = name.encode()
-        out.append(struct.pack("<B", len(raw)) + raw + struct.pack("<I", len(payload)) + payload)
-    return b"".join(out)
-
-
-def unpack(blob: bytes) -> dict[str, bytes]:
-    """Inverse of :func:`pack`."""
-    (n,) = struct.unpack_from("<H", blob)
-    off, out = 2, {}
-    for _ in range(n):
-        ln = blob[off]
-        name = blob[off + 1: off + 1 + ln].decode()
-        (size,) = struct.unpack_from("<I", blob, off + 1 + ln)
-        off += 5 + ln
-        out[name] = blob[off: off + size]
-        off += size
-    return out
-
-
 @torch.no_grad()
 def share_weights(model: nn.Module, bits: Mapping[str, int]) -> dict[str, Tensor]:
     """k-means-share each listed layer's non-zero weights in place; returns the codebooks.
 
     Zeros stay exactly zero (pruned weights are not clustered), so pruning survives.
     """
-    from .quant import kmeans_codebook
-
     layers, books = prunable_layers(model), {}
     for name, b in bits.items():
         if name not in layers:
@@ -158,10 +136,6 @@ def finetune_codebooks(model: nn.Module, codebooks: Mapping[str, Tensor], data: 
     Biases and batch norm train too. Returns the new codebooks. ``loss_fn(model, x, y)``
     as :func:`qlib.train.fit` (distillation passes its own).
     """
-    from torch.nn.utils import parametrize
-
-    from .train import fit
-
     layers = prunable_layers(model)
     for name, cb in codebooks.items():
         w = layers[name].weight.detach()
@@ -183,8 +157,6 @@ def choose_bits(model: nn.Module, data: Splits, *, candidates=(2, 3, 4, 5, 6),
                 tolerance: float = 0.002) -> dict[str, int]:
     """Per layer, the fewest bits whose sharing (that layer alone) costs at most
     ``tolerance`` validation accuracy: a sensitivity scan."""
-    from .train import evaluate
-
     loader = data.loader("val", 500)
     ref = evaluate(model, loader)["accuracy"]
     bits = {}
@@ -214,14 +186,14 @@ def save_compressed(model: nn.Module, codebooks: Mapping[str, Tensor], *,
     for key, t in model.state_dict().items():
         if key not in coded and t.is_floating_point():
             entries[key] = t.detach().half().numpy().tobytes()
-    return pack(entries)
+    return pack_entries(entries)
 
 
 def load_compressed(blob: bytes, template: nn.Module) -> nn.Module:
     """Rebuild a model from :func:`save_compressed` bytes into a copy of ``template``."""
     model = copy.deepcopy(template)
     state = model.state_dict()
-    for entry, payload in unpack(blob).items():
+    for entry, payload in unpack_entries(blob).items():
         key = entry.removeprefix(CODED)
         if key not in state:
             raise ValueError(f"the file holds {key!r}, which the template model lacks")
@@ -245,8 +217,6 @@ def deep_compress(baseline: nn.Module, data: Splits, *, sparsity: float = 0.92,
     "layer_bytes"}``. ``loss_fn(model, x, y)`` replaces cross-entropy in both fine-tunings
     (pass a distillation loss to put a teacher in the loop); ``centroid_epochs=0`` skips
     trained quantization. Does not modify ``baseline``."""
-    from .train import cached_training, fingerprint, fit
-
     recipe = dict(stage="pruned", sparsity=sparsity, epochs=epochs, lr=lr, seed=seed,
                   baseline=fingerprint(baseline), loss=getattr(loss_fn, "__qualname__", None))
 
@@ -265,19 +235,8 @@ def deep_compress(baseline: nn.Module, data: Splits, *, sparsity: float = 0.92,
         books = finetune_codebooks(shared, books, data, epochs=centroid_epochs,
                                    loss_fn=loss_fn, seed=seed, progress=progress)
     blob = save_compressed(shared, books, gap_bits=gap_bits)
-    layer_bytes = {k: len(v) for k, v in unpack(blob).items()}
+    layer_bytes = {k: len(v) for k, v in unpack_entries(blob).items()}
     total = sum(int((m.weight != 0).sum()) for m in prunable_layers(shared).values())
     return load_compressed(blob, baseline), blob, dict(
         bits=bits, layer_bytes=layer_bytes,
         sparsity=1 - total / sum(m.weight.numel() for m in prunable_layers(shared).values()))
-
-
-@register("deep-compression", "pipeline",
-          "Deep Compression: 92% pruning + k-means sharing (bits per layer) + Huffman")
-def deep_compression(baseline: nn.Module, data: Splits) -> Variant:
-    """Prune 92%, fine-tune, share weights with per-layer bits, Huffman-code: one file."""
-    from .bench import count_nonzeros, count_parameters
-
-    model, blob, info = deep_compress(baseline, data)
-    return Variant("deep-compression", "pipeline", model, len(blob), count_parameters(model),
-                   count_nonzeros(model), info)

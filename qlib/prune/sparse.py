@@ -4,7 +4,7 @@ Introduced in notebook 05. A pruned weight with N entries of which nnz are non-z
 stored as
 
     bitmask  ceil(N / 8) bytes         1 bit per entry, 1 = kept (first entry in the lowest
-                                       bit: qlib.quant.packing's 1-bit stream)
+                                       bit: qlib.codec.bits' 1-bit stream)
     values   nnz * b bytes             the kept entries in row-major order, b = 4 (float32,
                                        lossless), 2 (float16) or 1 (int8, symmetric per tensor)
 
@@ -16,7 +16,7 @@ A tensor that would not get smaller (biases, batch norm, dense layers) is stored
 The file is a ``torch.save`` of plain dicts, lists and tensors, so ``torch.load`` with
 ``weights_only=True`` reads it.
 
->>> pack_bits(torch.tensor([True, False, True, True, False, False, False, False, True]))
+>>> pack_mask(torch.tensor([True, False, True, True, False, False, False, False, True]))
 tensor([13,  1], dtype=torch.uint8)
 """
 
@@ -29,9 +29,10 @@ from typing import BinaryIO
 import torch
 from torch import Tensor, nn
 
-from .quant import packing
+from ..codec.bits import pack_bits, unpack_bits
+from .masks import baked_copy
 
-__all__ = ["FORMAT", "VALUE_DTYPES", "pack_bits", "unpack_bits", "encode_sparse",
+__all__ = ["FORMAT", "VALUE_DTYPES", "pack_mask", "unpack_mask", "encode_sparse",
            "decode_sparse", "save_sparse", "load_sparse", "sparse_size_bytes"]
 
 FORMAT = "qlib-sparse/2"  # /2: bitmask in packing's bit order (first entry lowest)
@@ -39,34 +40,33 @@ FORMAT = "qlib-sparse/2"  # /2: bitmask in packing's bit order (first entry lowe
 VALUE_DTYPES = {"float32": 4, "float16": 2, "int8": 1}
 
 
-
-def pack_bits(mask: Tensor) -> Tensor:
+def pack_mask(mask: Tensor) -> Tensor:
     """Pack a bool tensor into uint8, 8 entries per byte, the first entry in the lowest bit.
 
     Introduced in notebook 05. Shape (N,) or any shape (flattened) -> (ceil(N / 8),); the
-    last byte is padded with zeros. The 1-bit case of :func:`qlib.quant.packing.pack_bits`
+    last byte is padded with zeros. The 1-bit case of :func:`qlib.codec.bits.pack_bits`
     (same bytes as ``numpy.packbits(..., bitorder="little")``).
 
-    >>> pack_bits(torch.tensor([True] * 8 + [False, True]))
+    >>> pack_mask(torch.tensor([True] * 8 + [False, True]))
     tensor([255,   2], dtype=torch.uint8)
     """
     if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
-        raise TypeError("pack_bits needs a bool tensor (True = kept)")
-    return packing.pack_bits(mask.flatten().to(torch.int64), 1, signed=False)
+        raise TypeError("pack_mask needs a bool tensor (True = kept)")
+    return pack_bits(mask.flatten().to(torch.int64), 1, signed=False)
 
 
-def unpack_bits(packed: Tensor, numel: int) -> Tensor:
-    """Inverse of :func:`pack_bits`: the first ``numel`` bits as a bool tensor (numel,).
+def unpack_mask(packed: Tensor, numel: int) -> Tensor:
+    """Inverse of :func:`pack_mask`: the first ``numel`` bits as a bool tensor (numel,).
 
-    >>> unpack_bits(torch.tensor([13], dtype=torch.uint8), 4)
+    >>> unpack_mask(torch.tensor([13], dtype=torch.uint8), 4)
     tensor([ True, False,  True,  True])
     """
     if packed.dtype != torch.uint8 or packed.ndim != 1:
-        raise TypeError("unpack_bits needs a 1-d uint8 tensor made by pack_bits")
+        raise TypeError("unpack_mask needs a 1-d uint8 tensor made by pack_mask")
     if not 0 <= numel <= 8 * packed.numel():
         raise ValueError(f"numel must be in [0, {8 * packed.numel()}] for {packed.numel()} "
                          f"bytes, got {numel}")
-    return packing.unpack_bits(packed, 1, numel, signed=False).bool()
+    return unpack_bits(packed, 1, numel, signed=False).bool()
 
 
 def _check_values(values: str) -> None:
@@ -99,7 +99,7 @@ def encode_sparse(state_dict: dict[str, Tensor], values: str = "float32") -> dic
         mask = t != 0
         kept = t[mask]  # (nnz,) row-major order
         entry = {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch."),
-                 "bits": pack_bits(mask)}
+                 "bits": pack_mask(mask)}
         if values == "int8":
             scale = float(kept.abs().max().clamp_min(torch.finfo(torch.float32).eps)) / 127
             entry["values"] = torch.round(kept / scale).clamp(-127, 127).to(torch.int8)
@@ -124,7 +124,7 @@ def decode_sparse(blob: dict) -> dict[str, Tensor]:
         entry = blob["sparse"][key]
         dtype = getattr(torch, entry["dtype"])
         numel = int(torch.Size(entry["shape"]).numel())
-        mask = unpack_bits(entry["bits"], numel)
+        mask = unpack_mask(entry["bits"], numel)
         kept = entry["values"].to(dtype) * entry.get("scale", 1.0)
         if int(mask.sum()) != kept.numel():
             raise ValueError(f"corrupt entry {key!r}: {int(mask.sum())} mask bits set but "
@@ -143,8 +143,6 @@ def _state_dict(model_or_state: nn.Module | dict) -> dict[str, Tensor]:
         raise TypeError("expected an nn.Module or a state dict, got "
                         f"{type(model_or_state).__name__}")
     if any(hasattr(m, "weight_mask") for m in model_or_state.modules()):
-        from .prune import baked_copy
-
         model_or_state = baked_copy(model_or_state)
     return model_or_state.state_dict()
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..quant import choose_qparams, dequantize, fake_quantize, qrange, sqnr_db
+
 __all__ = ["draw_quantization", "quantization_explorer"]
 
 
@@ -23,9 +25,7 @@ def draw_quantization(weights: Tensor, bits: int, clip: float, *, symmetric: boo
     >>> draw_quantization(torch.randn(1000), 4, 2.0)["clipped_fraction"] > 0   # doctest: +SKIP
     True
     """
-    import matplotlib.pyplot as plt
-
-    from .quant import choose_qparams, dequantize, fake_quantize, qrange, sqnr_db
+    import matplotlib.pyplot as plt  # optional heavy dependency, loaded when drawing
 
     w = weights.detach().flatten().float()
     if w.numel() == 0:
@@ -59,8 +59,9 @@ def draw_quantization(weights: Tensor, bits: int, clip: float, *, symmetric: boo
 
 def quantization_explorer(weights: Tensor, max_bits: int = 8):
     """Sliders for bit width and clipping range that redraw :func:`draw_quantization`."""
+    # lazy: optional heavy dependencies, loaded only when an explorer is shown
     import ipywidgets as w
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # (see above)
 
     amax = float(weights.detach().abs().max())
 

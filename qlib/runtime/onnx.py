@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
@@ -40,31 +39,13 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
                                       quantize_static)
 from torch import Tensor, nn
 
-from .data import Splits
-from .recipes import Variant, register
+from .._util import atomic_write
 
 __all__ = ["export_onnx", "OrtModel", "TensorCalibrationReader", "quantize_static_ort",
            "quantize_dynamic_ort", "onnx_op_counts", "ACTIVATION_TYPES"]
 
 #: Activation integer types accepted by :func:`quantize_static_ort`.
 ACTIVATION_TYPES = ("uint8", "int8")
-
-
-@contextmanager
-def _atomic_path(path: str | Path, suffix: str = ".onnx") -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success rename it onto ``path``.
-
-    A crash or an exception mid-write leaves the old file (or none), never half a model.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def _check_image_batch(x: object, what: str) -> Tensor:
@@ -98,7 +79,7 @@ def export_onnx(model: nn.Module, example_input: Tensor, path: str | Path, *,
     # Trace at batch 2: a size-1 example dim is specialised away by torch.export.
     x2 = x[:1].detach().cpu().float().expand(2, *x.shape[1:]).contiguous()
     batch = torch.export.Dim("batch", min=1)
-    with _atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():
+    with atomic_write(path, ".onnx") as tmp, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # exporter chatter (deprecations inside torch)
         torch.onnx.export(work, (x2,), str(tmp), dynamo=True, opset_version=opset,
                           input_names=["input"], output_names=["logits"],
@@ -271,7 +252,7 @@ def quantize_static_ort(src: str | Path, dst: str | Path,
         raise ValueError(f"the calibration reader feeds input {reader.input_name!r} but the "
                          f"model's input is {name!r}")
     reader.rewind()
-    with _atomic_path(dst) as tmp, tempfile.TemporaryDirectory() as work:
+    with atomic_write(dst, ".onnx") as tmp, tempfile.TemporaryDirectory() as work:
         model_in = src
         if preprocess:
             model_in = Path(work) / "pre.onnx"
@@ -299,34 +280,7 @@ def quantize_dynamic_ort(src: str | Path, dst: str | Path, *, per_channel: bool 
     src = Path(src)
     if not src.is_file():
         raise ValueError(f"no ONNX file at {str(src)!r}")
-    with _atomic_path(dst) as tmp, _quiet_preprocess_hint():
+    with atomic_write(dst, ".onnx") as tmp, _quiet_preprocess_hint():
         quantize_dynamic(str(src), str(tmp), per_channel=per_channel,
                          weight_type=QuantType.QInt8)
     return Path(dst)
-
-
-# ---------------------------------------------------------------- the report's recipe
-@register("int8-ort", "quantization",
-          "ONNX Runtime static int8 (QDQ, u8 activations, s8 per-channel weights)")
-def int8_ort(baseline: nn.Module, data: Splits) -> Variant:
-    """The course model through ONNX Runtime static int8; its file is the int8 ``.onnx``.
-
-    Introduced in notebook 03. Exports a copy of ``baseline`` (BN folded), calibrates on
-    the first 256 training images (``qlib.data.calibration_batches``) and quantizes (u8
-    activations per tensor, s8 weights per channel). Files go to ``data/onnx/``; the
-    variant's model is an :class:`OrtModel` (1 thread) and ``size_bytes`` the int8 file's.
-    Deterministic: same baseline and data, same file.
-    """
-    from .bench import count_nonzeros, count_parameters
-    from .data import DATA_DIR, calibration_batches
-
-    folder = DATA_DIR / "onnx"
-    x = data.test.tensors[0][:1]
-    fp32 = export_onnx(baseline, x, folder / "int8-ort-fp32.onnx")
-    int8 = quantize_static_ort(fp32, folder / "int8-ort.onnx", calibration_batches(data))
-    model = OrtModel(int8, threads=1)
-    return Variant("int8-ort", "quantization", model, model.size_bytes,
-                   count_parameters(baseline), count_nonzeros(baseline),
-                   dict(runtime=f"onnxruntime {ort.__version__}", calibration_images=256,
-                        fp32_onnx_bytes=fp32.stat().st_size,
-                        scheme="static QDQ, u8 activations per tensor, s8 weights per channel"))

@@ -15,12 +15,11 @@ prunes fast while many weights are redundant and slowly near the end.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .prune import _check_sparsity, magnitude_prune, prunable_layers
+from .._util import LossFn, check_sparsity
+from .masks import magnitude_prune, prunable_layers
 
 __all__ = ["cubic_sparsity", "GradualPruner"]
 
@@ -37,7 +36,7 @@ def cubic_sparsity(step: int, final: float, *, n_steps: int, initial: float = 0.
     >>> [round(cubic_sparsity(t, 0.8, n_steps=4), 2) for t in range(6)]
     [0.0, 0.46, 0.7, 0.79, 0.8, 0.8]
     """
-    initial, final = _check_sparsity(initial, "initial"), _check_sparsity(final, "final")
+    initial, final = check_sparsity(initial, "initial"), check_sparsity(final, "final")
     if n_steps < 1 or every < 1 or start < 0:
         raise ValueError(f"need n_steps >= 1, every >= 1 and start >= 0, got n_steps={n_steps}"
                          f", every={every}, start={start}")
@@ -47,7 +46,6 @@ def cubic_sparsity(step: int, final: float, *, n_steps: int, initial: float = 0.
     return final + (initial - final) * (1.0 - done / n_steps) ** 3
 
 
-LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
 
 class GradualPruner:
@@ -68,7 +66,7 @@ class GradualPruner:
     def __init__(self, model: nn.Module, final: float, *, total_steps: int,
                  initial: float = 0.0, n_steps: int = 10, end_fraction: float = 0.75,
                  scope: str = "global") -> None:
-        _check_sparsity(final, "final")
+        check_sparsity(final, "final")
         if total_steps < n_steps or not 0.0 < end_fraction <= 1.0:
             raise ValueError(f"need total_steps >= n_steps and end_fraction in (0, 1], got "
                              f"total_steps={total_steps}, n_steps={n_steps}, "

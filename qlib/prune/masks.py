@@ -9,9 +9,9 @@ recomputed by a forward pre-hook before every call, so the gradient of a pruned 
 zero and an optimizer step cannot revive it); :func:`remove_masks` bakes the zeros in.
 
 A mask changes neither the file size nor the latency: the zeros are still stored and
-multiplied. :mod:`qlib.sparse` stores only the survivors; :mod:`qlib.channels` removes
+multiplied. :mod:`qlib.prune.sparse` stores only the survivors; :mod:`qlib.prune.channels` removes
 whole channels so that the dense model itself becomes smaller and faster;
-:mod:`qlib.gradual` prunes step by step during training.
+:mod:`qlib.prune.schedule` prunes step by step during training.
 
 >>> w = torch.tensor([[0.1, -2.0], [0.5, -0.05]])
 >>> magnitude_mask(w, 0.5)
@@ -27,24 +27,19 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune as tprune
+from tqdm.auto import tqdm
+
+from .._util import WEIGHT_LAYERS, check_sparsity, weight_layers
+from ..train import evaluate
 
 __all__ = ["PRUNABLE", "prunable_layers", "magnitude_mask", "layerwise_masks",
            "global_masks", "nm_mask", "nm_masks", "apply_masks", "remove_masks",
            "baked_copy", "magnitude_prune", "sparsity", "sensitivity_scan"]
 
-#: Layer types whose ``weight`` is pruned.
-PRUNABLE = (nn.Conv2d, nn.Linear)
+#: Layer types whose ``weight`` is pruned (the same layers quantization works on).
+PRUNABLE = WEIGHT_LAYERS
 
 Masks = dict[str, Tensor]  # layer name -> bool mask shaped like that layer's weight
-
-
-def _check_sparsity(sparsity: float, what: str = "sparsity") -> float:
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
-        raise TypeError(f"{what} must be a number in [0, 1], got {type(sparsity).__name__}")
-    if not 0.0 <= float(sparsity) <= 1.0:  # also rejects NaN
-        raise ValueError(f"{what} must be in [0, 1] (the fraction of weights to remove), "
-                         f"got {sparsity}")
-    return float(sparsity)
 
 
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -55,9 +50,7 @@ def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
     >>> list(prunable_layers(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))))
     ['0', '2']
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"expected an nn.Module, got {type(model).__name__}")
-    layers = {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE)}
+    layers = weight_layers(model)
     if not layers:
         raise ValueError(f"{type(model).__name__} has no prunable layer; pruning works on "
                          "the weights of Conv2d and Linear layers")
@@ -80,7 +73,7 @@ def magnitude_mask(weight: Tensor, sparsity: float) -> Tensor:
     """
     if not isinstance(weight, Tensor):
         raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
-    sparsity = _check_sparsity(sparsity)
+    sparsity = check_sparsity(sparsity)
     if weight.numel() == 0:
         raise ValueError("weight is empty; a mask needs at least one entry")
     k = round(sparsity * weight.numel())  # entries to prune
@@ -137,7 +130,9 @@ def nm_mask(weight: Tensor, n: int = 2, m: int = 4) -> Tensor:
 
     Introduced in notebook 05. Rows are ``weight.reshape(out, -1)`` (for a conv: the
     in_channels * kh * kw inputs of one filter), cut into groups of m; sparsity is 1 - n/m.
-    2:4 is the pattern that NVIDIA's sparse tensor cores run at up to 2x speed.
+    2:4 is the pattern that NVIDIA's sparse tensor cores run at up to 2x speed. Exactly n
+    kept per group; ties keep the lower index. Pass importance scores instead of weights
+    (Wanda's |W| * ||X||, notebook 10): they are non-negative, so |scores| = scores.
 
     >>> nm_mask(torch.tensor([[4.0, -1.0, 3.0, 0.5]]))
     tensor([[ True, False,  True, False]])
@@ -145,13 +140,14 @@ def nm_mask(weight: Tensor, n: int = 2, m: int = 4) -> Tensor:
     if not isinstance(weight, Tensor) or weight.ndim < 2:
         raise ValueError("nm_mask needs a weight tensor with at least 2 dims (out, in, ...)")
     if not (isinstance(n, int) and isinstance(m, int) and 0 < n <= m):
-        raise ValueError(f"need integers 0 < n <= m, got n={n!r}, m={m!r}")
+        raise ValueError(f"N:M sparsity needs integers 0 < n <= m (n kept of every m), got "
+                         f"n={n!r}, m={m!r}")
     row = weight[0].numel()
     if row % m:
         raise ValueError(f"each output row has {row} inputs, not a multiple of m={m}; N:M "
                          "sparsity needs the row length divisible by m")
     groups = weight.detach().abs().reshape(-1, m)  # (out * row / m, m)
-    keep = torch.topk(groups, n, dim=1).indices
+    keep = torch.argsort(groups, dim=1, descending=True, stable=True)[:, :n]
     mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(1, keep, True)
     return mask.view_as(weight)
 
@@ -287,12 +283,8 @@ def sensitivity_scan(model: nn.Module, loader: Iterable, sparsities: Sequence[fl
     >>> scan["features.0"]                                                  # doctest: +SKIP
     [0.98, 0.61]
     """
-    from tqdm.auto import tqdm
-
-    from .train import evaluate
-
     for s in sparsities:
-        _check_sparsity(s)
+        check_sparsity(s)
     model = baked_copy(model).eval()
     layers = prunable_layers(model)
     result: dict[str, list[float]] = {}

@@ -1,0 +1,221 @@
+"""The bottom layer: seeding, argument checks, atomic writes and the layer walk every
+technique shares. Imports nothing from qlib.
+
+One definition each (the layering test holds it): modules import these public names
+instead of each other's ``_private`` helpers.
+
+>>> check_bits(4), check_sparsity(0.5)
+(4, 0.5)
+>>> list(weight_layers(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())))
+['0']
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = ["set_seed", "LossFn", "Inputs", "check_bits", "check_finite", "check_tensor",
+           "check_int", "check_sparsity", "check_module", "as_args", "inference",
+           "atomic_write", "batch_inputs", "run_batch", "weight_layers", "set_submodule", "markdown_table", "WEIGHT_LAYERS"]
+
+#: ``loss_fn(model, x, y) -> scalar``: what fit, distillation, QAT and pruning pass around.
+LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
+
+#: One example input: a tensor / array, or a tuple / list of positional inputs.
+Inputs = Tensor | np.ndarray | tuple | list
+
+#: The layers with a weight that the techniques compress.
+WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
+
+
+def set_seed(seed: int = 0) -> None:
+    """Seed Python, NumPy and PyTorch, and ask PyTorch for deterministic kernels.
+
+    Introduced in notebook 00. Same seed, same numbers: every notebook starts with
+    ``qlib.set_seed(0)``.
+
+    >>> set_seed(0); a = torch.rand(2); set_seed(0); torch.equal(a, torch.rand(2))
+    True
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+# ----- argument checks: each says what was wrong and what is allowed -------------------
+
+def check_bits(bits: int, name: str = "bits") -> int:
+    """``bits`` as an int in 1..16, or ValueError."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 16:
+        raise ValueError(f"{name} must be an int in 1..16, got {bits!r}")
+    return bits
+
+
+def check_tensor(x: object, name: str = "x") -> Tensor:
+    """``x`` itself when it is a real torch.Tensor; TypeError for anything else."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}; wrap it "
+                        f"with torch.as_tensor(...)")
+    if x.is_complex():
+        raise TypeError(f"{name} is complex ({x.dtype}); only real tensors are allowed")
+    return x
+
+
+def check_finite(x: Tensor, name: str = "x") -> Tensor:
+    """``x`` when it holds no NaN / Inf; ValueError naming ``name`` otherwise."""
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} holds NaN or Inf; only finite values are allowed")
+    return x
+
+
+def check_int(value: Any, name: str, low: int) -> int:
+    """``value`` as an int >= ``low``, or ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return value
+
+
+def check_sparsity(sparsity: float, what: str = "sparsity") -> float:
+    """``sparsity`` as a float in [0, 1] (the fraction of weights to remove)."""
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
+        raise TypeError(f"{what} must be a number in [0, 1], got {type(sparsity).__name__}")
+    if not 0.0 <= float(sparsity) <= 1.0:  # also rejects NaN
+        raise ValueError(f"{what} must be in [0, 1] (the fraction of weights to remove), "
+                         f"got {sparsity}")
+    return float(sparsity)
+
+
+def check_module(model: Any, what: str) -> nn.Module:
+    """``model`` when it is an nn.Module; TypeError naming the caller otherwise."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{what} needs an nn.Module, got {type(model).__name__}")
+    return model
+
+
+def as_args(example_input: Inputs) -> tuple:
+    """A tensor / array becomes a 1-tuple; a tuple or list is passed as positional args."""
+    if isinstance(example_input, (Tensor, np.ndarray)):
+        return (example_input,)
+    if isinstance(example_input, (tuple, list)) and len(example_input) > 0:
+        return tuple(example_input)
+    raise TypeError("example_input must be a tensor, an array or a non-empty tuple/list of "
+                    f"inputs, got {type(example_input).__name__}")
+
+
+@contextmanager
+def inference(model: Any, threads: int | None = None) -> Iterator[None]:
+    """Eval mode + no_grad (+ pinned thread count); everything restored, also on error."""
+    prev_threads = torch.get_num_threads()
+    was_training = isinstance(model, nn.Module) and model.training
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        if isinstance(model, nn.Module):
+            model.eval()  # dropout off, batch norm uses its running statistics
+        with torch.no_grad():
+            yield
+    finally:
+        torch.set_num_threads(prev_threads)
+        if was_training:
+            model.train()
+
+
+@contextmanager
+def atomic_write(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temp path beside ``path``; on success it becomes ``path`` (mode 0644) by one
+    rename, on any error it is removed. A crash never leaves a half-written file.
+
+    >>> import tempfile; d = Path(tempfile.mkdtemp())
+    >>> with atomic_write(d / "a.txt") as tmp: _ = tmp.write_text("hi")
+    >>> (d / "a.txt").read_text(), sorted(p.name for p in d.iterdir())
+    ('hi', ['a.txt'])
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; outputs are ordinary files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ----- the layers techniques work on --------------------------------------------------
+
+def batch_inputs(batch: object) -> Tensor:
+    """The inputs of a batch: ``x`` of an ``(x, y)`` pair (or list), else the batch itself."""
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def run_batch(model: nn.Module, batch: object) -> object:
+    """One forward on a calibration batch: a tensor is the input, a tuple / list's first
+    item is (``(x, y)`` pairs), a dict holds keyword arguments."""
+    if isinstance(batch, dict):
+        return model(**batch)
+    return model(batch_inputs(batch))
+
+
+def weight_layers(model: nn.Module, types: tuple[type[nn.Module], ...] = WEIGHT_LAYERS
+                  ) -> dict[str, nn.Module]:
+    """The layers of ``model`` that are instances of ``types`` (subclasses included), by
+    name in registration order. The one answer to "which layers have weights" for
+    quantization and pruning alike; empty when there is none (callers say what they need).
+    """
+    check_module(model, "weight_layers")
+    return {n: m for n, m in model.named_modules() if isinstance(m, types)}
+
+
+def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule called ``name`` (dotted, as in named_modules) by ``module``."""
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None,
+                   digits: int = 4) -> str:
+    """A Markdown table of dicts (one row each), numbers right-aligned, floats to ``digits``
+    significant digits. ``columns`` picks and orders keys (default: the first row's keys);
+    a missing value prints as an empty cell. Introduced in notebook 03.
+
+    >>> print(markdown_table([{"name": "fp32", "ms": 1.23456}]))
+    | name |    ms |
+    | ---- | ----: |
+    | fp32 | 1.235 |
+    """
+    if not rows:
+        raise ValueError("markdown_table needs at least one row (a dict)")
+    cols = list(columns if columns is not None else rows[0].keys())
+
+    def cell(v: Any) -> str:
+        if isinstance(v, (float, np.floating)):
+            return f"{float(v):.{digits}g}"
+        return "" if v is None else str(v)
+
+    body = [[cell(r.get(c)) for c in cols] for r in rows]
+    numeric = [all(isinstance(r.get(c), (int, float, np.number)) for r in rows) for c in cols]
+    widths = [max(3, len(c), *(len(b[i]) for b in body)) for i, c in enumerate(cols)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(s.rjust(w) if num else s.ljust(w)
+                                 for s, w, num in zip(cells, widths, numeric)) + " |"
+
+    rule = "| " + " | ".join("-" * (w - 1) + ":" if num else "-" * w
+                             for w, num in zip(widths, numeric)) + " |"
+    return "\n".join([line(cols), rule] + [line(b) for b in body])

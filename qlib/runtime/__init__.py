@@ -1,0 +1,20 @@
+"""Runtimes: exporting to ONNX and running ONNX Runtime (notebooks 03 and 09).
+
+    onnx    export, static QDQ and dynamic int8 quantization, OrtModel   (notebook 03)
+    nbits   block-quantized int4 / int8 weights through MatMulNBits      (notebook 09)
+
+Registers nothing: the recipes that use a runtime live in :mod:`qlib.recipes`.
+"""
+
+from .nbits import (ACCURACY_LEVELS, NBITS, NBitsWeight, dequantized_reference,
+                    int8_activations_reference, matmul_fp32_model, matmul_nbits_model,
+                    ort_session, pack_nbits, quantize_blockwise, quantize_onnx_nbits,
+                    unpack_nbits)
+from .onnx import (ACTIVATION_TYPES, OrtModel, TensorCalibrationReader, export_onnx,
+                   onnx_op_counts, quantize_dynamic_ort, quantize_static_ort)
+
+__all__ = ["export_onnx", "OrtModel", "TensorCalibrationReader", "quantize_static_ort",
+           "quantize_dynamic_ort", "onnx_op_counts", "ACTIVATION_TYPES", "NBitsWeight",
+           "quantize_blockwise", "pack_nbits", "unpack_nbits", "dequantized_reference",
+           "int8_activations_reference", "matmul_nbits_model", "matmul_fp32_model",
+           "quantize_onnx_nbits", "ort_session", "NBITS", "ACCURACY_LEVELS"]
