@@ -69,12 +69,15 @@ def decode_step_latency(model: nn.Module, *, context: int = 64, repeats: int = 5
                         threads: int = 1) -> dict:
     """Latency of one decode step at batch 1: the next token after ``context`` cached ones.
 
-    Introduced in notebook 09. A prompt of ``context`` tokens is run once into a
+    Introduced in notebook 09. A prompt of ``context`` tokens (at most block_size - 1) is
+    run once into a
     :class:`~qlib.gpt.KVCache`; each timed call then feeds one token through a fresh
     cache that shares the prompt's keys and values (storing a token makes new tensors, so
     the prompt is never modified): the work of generating one token. Median / p90 / min ms
     as :func:`~qlib.measure.measure_latency`.
     """
+    block = getattr(getattr(model, "config", None), "block_size", context + 1)
+    context = min(context, block - 1)  # the new token must still fit in the positions
     prompt = torch.zeros(1, context, dtype=torch.long)
     with torch.no_grad():
         warm = KVCache()
