@@ -34,16 +34,12 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from .._util import check_int
+
 __all__ = ["pinned_threads", "bytes_per_weight", "matvec_cost", "memory_bandwidth",
            "matvec_point", "peak_flops", "roofline", "ridge_point"]
 
 MiB = 2 ** 20
-
-
-def _check_pos_int(value: object, name: str, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
 
 
 @contextmanager
@@ -61,7 +57,7 @@ def pinned_threads(threads: int | None) -> Iterator[None]:
     if threads is None:
         yield
         return
-    _check_pos_int(threads, "threads")
+    check_int(threads, "threads", 1)
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -73,8 +69,8 @@ def pinned_threads(threads: int | None) -> Iterator[None]:
 def _times(fn: Callable[[], object], warmup: int, repeats: int) -> list[float]:
     """Seconds per call of ``fn``: ``warmup`` untimed calls, then ``repeats`` timed ones
     (garbage collector paused)."""
-    _check_pos_int(warmup, "warmup", 0)
-    _check_pos_int(repeats, "repeats")
+    check_int(warmup, "warmup", 0)
+    check_int(repeats, "repeats", 1)
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -99,10 +95,10 @@ def bytes_per_weight(bits: int = 32, block_size: int | None = None,
     >>> bytes_per_weight(32), bytes_per_weight(4, 128)
     (4.0, 0.53515625)
     """
-    _check_pos_int(bits, "bits")
+    check_int(bits, "bits", 1)
     per = bits / 8
     if block_size is not None:
-        _check_pos_int(block_size, "block_size")
+        check_int(block_size, "block_size", 1)
         per += (scale_bytes + bits / 8) / block_size
     return per
 
@@ -117,7 +113,7 @@ def matvec_cost(n: int, k: int, batch: int = 1, bytes_per_weight: float = 4.0) -
     {'flops': 48, 'bytes': 24.0, 'intensity': 2.0}
     """
     for value, name in ((n, "n"), (k, "k"), (batch, "batch")):
-        _check_pos_int(value, name)
+        check_int(value, name, 1)
     if not bytes_per_weight > 0:
         raise ValueError(f"bytes_per_weight must be > 0, got {bytes_per_weight!r}")
     flops = 2 * n * k * batch
@@ -138,7 +134,7 @@ def memory_bandwidth(nbytes: int = 256 * MiB, *, repeats: int = 5, warmup: int =
     >>> memory_bandwidth(MiB, repeats=2)["bytes_moved"] == 2 * MiB
     True
     """
-    _check_pos_int(nbytes, "nbytes", 4)
+    check_int(nbytes, "nbytes", 4)
     src = torch.ones(nbytes // 4, dtype=torch.float32)
     dst = torch.empty_like(src)
     moved = 2 * src.numel() * 4
@@ -186,7 +182,7 @@ def peak_flops(n: int = 1024, *, dtype: torch.dtype = torch.float32,
     >>> peak_flops(32, repeats=2)["flops"]
     65536
     """
-    _check_pos_int(n, "n")
+    check_int(n, "n", 1)
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(n, n, generator=gen).to(dtype)
     b = torch.randn(n, n, generator=gen).to(dtype)
