@@ -47,6 +47,27 @@ def test_compressed_sizes_on_skewed_codes():
     s = compressed_sizes(sym, 4)
     assert s["packed"] == 10000
     assert s["entropy_bound"] <= s["huffman"] < s["packed"]
+    assert s["huffman_table"] == 6 + 5 * len(np.unique(sym))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_huffman_payload_between_entropy_bound_and_fixed_width(seed):
+    # Huffman is the shortest prefix code, and a b-bit fixed-width code is a prefix code:
+    # so its payload (without the table) sits between n*H/8 and n*b/8 bytes, for ANY histogram.
+    rng = np.random.default_rng(seed)
+    bits = int(rng.integers(1, 7))
+    n = int(rng.integers(1, 3000))
+    p = rng.dirichlet(np.full(2 ** bits, float(rng.choice([0.1, 1.0, 50.0]))))
+    s = compressed_sizes(rng.choice(2 ** bits, size=n, p=p), bits)
+    payload = s["huffman"] - s["huffman_table"]
+    assert s["entropy_bound"] <= payload <= s["packed"]
+
+
+def test_table_can_make_whole_huffman_file_larger_than_packing():
+    # a short, flat 3-bit stream: payload == packed, and the table is pure overhead
+    s = compressed_sizes(np.arange(64) % 8, 3)
+    assert s["huffman"] - s["huffman_table"] == s["packed"] == 24
+    assert s["huffman"] > s["packed"]
 
 
 @pytest.mark.parametrize("call, exc, match", [

@@ -141,14 +141,26 @@ def huffman_decode(data: bytes) -> np.ndarray:
 def compressed_sizes(symbols: Tensor | np.ndarray | Sequence[int], bits: int) -> dict:
     """Bytes to store the symbols four ways, and the entropy bound.
 
-    ``{"packed"}``: fixed ``bits`` per symbol; ``{"huffman"}``: :func:`huffman_encode`;
+    ``{"packed"}``: fixed ``bits`` per symbol; ``{"huffman"}``: :func:`huffman_encode`, whole;
+    ``{"huffman_table"}``: the part of it that is header and code table (``6 + 5 * distinct``);
     ``{"zlib"}`` / ``{"lzma"}``: those compressors (highest level) on the int8/int16 array;
     ``{"entropy_bound"}``: ``ceil(n * H / 8)``, what no symbol-by-symbol code beats.
+
+    What is guaranteed holds for the Huffman *payload* (``huffman - huffman_table``): it is
+    at least ``entropy_bound`` and, when every symbol lies in ``[0, 2**bits)``, at most
+    ``packed`` (a fixed-width code is a prefix code, and Huffman's is the shortest one). The
+    table is a fixed cost on top, so for a short stream with a nearly flat histogram the
+    whole Huffman file can be larger than fixed-width packing.
+
+    >>> s = compressed_sizes([0] * 90 + [1] * 5 + [2] * 5, 2)
+    >>> s["packed"], s["huffman"], s["huffman_table"], s["entropy_bound"]
+    (25, 35, 21, 8)
     """
     a = _ints(symbols)
     if not 1 <= bits <= 16:
         raise ValueError(f"bits must be in 1..16, got {bits}")
     raw = a.astype(np.int8 if bits <= 8 else np.int16).tobytes()
     return dict(packed=-(-a.size * bits // 8), huffman=len(huffman_encode(a)),
+                huffman_table=6 + 5 * len(np.unique(a)),
                 zlib=len(zlib.compress(raw, 9)), lzma=len(lzma.compress(raw, preset=9)),
                 entropy_bound=int(np.ceil(a.size * entropy_bits(a) / 8)) if a.size else 0)
