@@ -98,7 +98,7 @@ def evaluate_lm_variant(variant: Variant, data: TextSplits, reference: dict | No
     """One LM report row: ``name, technique, perplexity, accuracy`` (next-token top-1),
     ``agreement`` (top-1 with ``reference``, the fp32 row; 1.0 without), ``nll, size_bytes,
     latency_ms`` (one decode step, batch 1, median, 1 thread), ``latency_p90_ms, params,
-    nonzeros, extra``; in memory only, ``preds``. Introduced in notebook 09."""
+    nonzeros, extra``; in memory only, ``preds`` and ``window_nll``. Introduced in notebook 09."""
     ev = evaluate_lm(variant.model, data, "test", reference=reference)
     lat = decode_step_latency(variant.model, repeats=latency_repeats)
     return dict(name=variant.name, technique=variant.technique,
@@ -106,7 +106,8 @@ def evaluate_lm_variant(variant: Variant, data: TextSplits, reference: dict | No
                 agreement=ev["agreement"], tokens=ev["tokens"],
                 size_bytes=int(variant.size_bytes), latency_ms=lat["median_ms"],
                 latency_p90_ms=lat["p90_ms"], params=int(variant.params),
-                nonzeros=int(variant.nonzeros), extra=variant.extra, preds=ev["preds"])
+                nonzeros=int(variant.nonzeros), extra=variant.extra, preds=ev["preds"],
+                window_nll=ev["window_nll"])
 
 
 def run_recipe(name: str, baseline: nn.Module | None = None, data: Splits | None = None,

@@ -38,7 +38,7 @@ __all__ = ["build_report", "build_lm_report", "write_report", "report_table", "l
 #: What ``python -m qlib report --task`` accepts.
 TASKS = ("vision", "lm")
 
-_PRIVATE = ("preds", "logits", "labels")
+_PRIVATE = ("preds", "logits", "labels", "window_nll")
 
 
 def _public(row: dict) -> dict:

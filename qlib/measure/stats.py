@@ -7,6 +7,8 @@ Introduced in notebook 07. A compressed model that scores 98.0% against the base
 - :func:`bootstrap_ci`: percentile bootstrap interval of accuracy (resample test images).
 - :func:`paired_bootstrap`: interval of the accuracy *difference* of two models scored on
   the same images (resampling pairs keeps the correlation between them).
+- :func:`paired_mean_diff`: the same for a continuous score per item (a language model's
+  loss per text window, notebook 09): mean difference A - B with a paired interval.
 - :func:`mcnemar`: exact McNemar test on the discordant pairs b (A right, B wrong) and
   c (A wrong, B right): under H0 each discordant image is a fair coin, so
   ``p = min(1, 2 * P[Binomial(b + c, 1/2) <= min(b, c)])``.
@@ -27,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["bootstrap_ci", "paired_bootstrap", "mcnemar", "output_kl",
+__all__ = ["bootstrap_ci", "paired_bootstrap", "paired_mean_diff", "mcnemar", "output_kl",
            "expected_calibration_error", "reliability_bins", "imbalanced_indices"]
 
 BoolLike = Tensor | np.ndarray | Sequence[int] | Sequence[bool]
@@ -85,6 +87,37 @@ def paired_bootstrap(correct_a: BoolLike, correct_b: BoolLike, *, n_boot: int = 
     tail = min((diffs <= 0).mean(), (diffs >= 0).mean())
     return dict(diff=float(a.mean() - b.mean()), low=float(lo), high=float(hi),
                 p_value=float(min(1.0, 2 * tail)))
+
+
+def paired_mean_diff(a: Tensor | np.ndarray | Sequence[float],
+                     b: Tensor | np.ndarray | Sequence[float], *, n_boot: int = 2000,
+                     confidence: float = 0.95, seed: int = 0) -> dict:
+    """Mean of ``a - b`` over paired items (N,), with a paired percentile-bootstrap interval.
+
+    Introduced in notebook 09: ``a`` and ``b`` are two models' mean losses on the same N text
+    windows; resampling windows (not tokens) keeps the correlation of neighbouring tokens.
+    Returns ``{"diff", "low", "high", "p_value", "n"}``; ``p_value`` as in
+    :func:`paired_bootstrap`.
+
+    >>> r = paired_mean_diff([1.0, 2.0, 3.0, 4.0], [0.5, 1.5, 2.5, 3.5])
+    >>> r["diff"], r["low"], r["high"], r["p_value"]
+    (0.5, 0.5, 0.5, 0.0)
+    """
+    x = [np.asarray(v.detach().cpu().numpy() if isinstance(v, Tensor) else v, dtype=np.float64)
+         for v in (a, b)]
+    if x[0].ndim != 1 or x[0].shape != x[1].shape or not len(x[0]):
+        raise ValueError(f"a and b must be 1-D, non-empty and of the same length (one value per "
+                         f"item), got shapes {x[0].shape} and {x[1].shape}")
+    if not (np.isfinite(x[0]).all() and np.isfinite(x[1]).all()):
+        raise ValueError("a and b must be finite (a NaN or inf loss means a broken model)")
+    _check_boot(n_boot, confidence)
+    d = x[0] - x[1]
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, len(d), (n_boot, len(d)))].mean(1)
+    lo, hi = np.quantile(means, [(1 - confidence) / 2, (1 + confidence) / 2])
+    tail = min((means <= 0).mean(), (means >= 0).mean())
+    return dict(diff=float(d.mean()), low=float(lo), high=float(hi),
+                p_value=float(min(1.0, 2 * tail)), n=len(d))
 
 
 def mcnemar(correct_a: BoolLike, correct_b: BoolLike) -> dict:

@@ -44,7 +44,7 @@ from torch import Tensor
 
 from .affine import choose_qparams, fake_quantize, minmax, quantize
 
-__all__ = ["GPTQResult", "gptq_hessian", "gptq_quantize"]
+__all__ = ["GPTQResult", "gptq_hessian", "gptq_column_update", "gptq_quantize"]
 
 
 class GPTQResult(NamedTuple):
@@ -78,6 +78,29 @@ def gptq_hessian(x: Tensor) -> Tensor:
         raise ValueError("x (calibration inputs) holds NaN or Inf")
     xd = x.detach().double()
     return 2.0 * (xd.T @ xd) / x.shape[0]
+
+
+def gptq_column_update(w: Tensor, q: Tensor, u_row: Tensor) -> tuple[Tensor, Tensor]:
+    """One GPTQ step: quantize the first of the columns ``w`` and push its error onto the rest.
+
+    ``w`` (out, m) holds columns j, j+1, ... of the current weight, ``q`` (out,) is column j
+    quantized, ``u_row`` (m,) is ``U[j, j:]``, row j of the upper Cholesky factor of H^-1 from
+    the diagonal on. Returns ``(w_new, err)``::
+
+        err   = (w[:, 0] - q) / u_row[0]                     (out,)
+        w_new = w - err[:, None] * u_row[None, :]            (out, m); w_new[:, 0] == q
+
+    :func:`gptq_quantize` calls it once per column, inside a lazy block.
+
+    >>> w = torch.tensor([[1.0, 2.0]]); q = torch.tensor([0.5])
+    >>> gptq_column_update(w, q, torch.tensor([2.0, 1.0]))
+    (tensor([[0.5000, 1.7500]]), tensor([0.2500]))
+    """
+    if w.ndim != 2 or q.shape != w.shape[:1] or u_row.shape != w.shape[1:]:
+        raise ValueError(f"need w (out, m), q (out,) and u_row (m,); got {tuple(w.shape)}, "
+                         f"{tuple(q.shape)} and {tuple(u_row.shape)}")
+    err = (w[:, 0] - q.to(w.dtype)) / u_row[0]                           # (out,)
+    return w - err[:, None] * u_row[None, :].to(w.dtype), err
 
 
 @torch.no_grad()
@@ -138,7 +161,6 @@ def gptq_quantize(w: Tensor, x: Tensor | None = None, *, bits: int,
     zero = torch.zeros(n_out, n_groups, dtype=torch.int64)
     ready = [False] * n_groups
     group_of = (perm // g).tolist()                              # group of each step
-    u_diag = torch.diag(U).tolist()          # U_jj: the paper's [H^-1]_jj in Cholesky form
     Q = torch.zeros(n_out, n_in)                                 # dequantized, float32
 
     for i1 in range(0, n_in, block_size):
@@ -161,9 +183,7 @@ def gptq_quantize(w: Tensor, x: Tensor | None = None, *, bits: int,
                 ready[k] = True
             q = fake_quantize(W1[:, i].float(), scale[:, k], zero[:, k], bits, axis=0)
             Q[:, j] = q                                          # (out,) float32
-            e = (W1[:, i] - q.double()) / u_diag[j]              # (out,)
-            W1[:, i:] -= e[:, None] * U[j, j:i2][None, :]        # rank-1 update in block
-            Err[:, i] = e
+            W1[:, i:], Err[:, i] = gptq_column_update(W1[:, i:], q, U[j, j:i2])
         W[:, i2:] -= Err @ U[i1:i2, i2:]                         # lazy batch update
 
     Q = Q[:, pos]                                                # original column order

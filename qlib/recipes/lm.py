@@ -27,7 +27,8 @@ __all__ = ["LM_CALIBRATION", "lm_calibration", "lm_weight_only", "lm_packed_size
            "lm_w3g128_gptq", "lm_nf4g64"]
 
 #: Calibration for GPTQ / AWQ: random training windows (seeded), never the test split.
-LM_CALIBRATION = dict(windows=32, block_size=128, seed=0)
+#: 128 windows of the LM's full context (64) = 8,192 token positions per layer input.
+LM_CALIBRATION = dict(windows=128, block_size=64, seed=0)
 
 
 def lm_calibration(data: TextSplits, windows: int = LM_CALIBRATION["windows"],
