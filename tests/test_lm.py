@@ -51,6 +51,9 @@ def test_perplexity_is_exp_cross_entropy(text, tiny):
     assert r["perplexity"] == pytest.approx(math.exp(ce.item()), rel=1e-5)
     assert r["nll"] == pytest.approx(ce.item(), rel=1e-5)
     assert r["tokens"] == y.numel() and r["preds"].shape == y.shape
+    # equal-length windows: the mean of the per-window losses is the overall loss
+    assert r["window_nll"].shape == (len(x),)
+    assert r["window_nll"].mean().item() == pytest.approx(ce.item(), rel=1e-5)
     assert 1 < r["perplexity"] < text.vocab_size
     assert 0 < r["accuracy"] < 1
 
@@ -108,4 +111,4 @@ def test_course_lm_quality_SLOW_FIRST_RUN(_one_thread):
         torch.set_num_threads(1)
     assert 1e6 <= model.num_params() <= 5e6
     r = evaluate_lm(model, data, "test")
-    assert r["perplexity"] < 5 and r["accuracy"] > 0.55, r  # measured: 4.04 and 0.607
+    assert r["perplexity"] < 4.2 and r["accuracy"] > 0.6, r  # measured: 3.727 and 0.632

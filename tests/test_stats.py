@@ -5,7 +5,8 @@ import torch.nn.functional as F
 from scipy import stats as sps
 
 from qlib.measure.stats import (bootstrap_ci, expected_calibration_error, imbalanced_indices, mcnemar,
-                        output_kl, paired_bootstrap, reliability_bins)
+                        output_kl, paired_bootstrap, paired_mean_diff,
+                        reliability_bins)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -96,3 +97,25 @@ def test_imbalanced_indices():
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_paired_mean_diff_interval_covers_the_shift_and_sees_pairing():
+    rng = np.random.default_rng(0)
+    base = rng.normal(1.5, 0.5, 400)                    # per-window losses vary a lot ...
+    shifted = base + 0.02 + rng.normal(0, 0.01, 400)    # ... the paired difference hardly
+    r = paired_mean_diff(shifted, base)
+    assert r["n"] == 400 and r["diff"] == pytest.approx(np.mean(shifted - base))
+    assert r["low"] < 0.02 < r["high"] and r["low"] > 0 and r["p_value"] < 0.01
+    # the same values unpaired (shuffled) give an interval that contains 0
+    assert paired_mean_diff(rng.permutation(shifted), base)["low"] < 0
+    same = paired_mean_diff(base, base)
+    assert same["diff"] == 0 and same["p_value"] == 1.0
+
+
+@pytest.mark.parametrize("a, b, match", [
+    ([1.0, 2.0], [1.0], "same length"), ([], [], "non-empty"), ([[1.0]], [[1.0]], "1-D"),
+    ([1.0, float("nan")], [1.0, 2.0], "finite"),
+])
+def test_paired_mean_diff_bad_input(a, b, match):
+    with pytest.raises(ValueError, match=match):
+        paired_mean_diff(a, b)
