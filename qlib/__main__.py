@@ -18,8 +18,9 @@ from pathlib import Path
 from ._util import markdown_table
 from .course.workbook import NOTEBOOKS, generate
 from .data import DATASETS, DownloadError
+from .lm import get_lm
 from .deploy import BENCH_MODELS, COLUMNS, benchmark, summary, write_rows
-from .deploy_lm import LM_COLUMNS, lm_suite, lm_summary
+from .deploy_lm import LM_COLUMNS, generation_rows, lm_suite, lm_summary
 from .models import MODELS
 from .recipes import load_recipes
 from .report import TASKS, build_lm_report, build_report, lm_table, report_table, write_report
@@ -112,6 +113,8 @@ def _deploy_lm(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     if args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
     rows = lm_suite(threads=args.threads, progress=not args.no_progress)
+    lm, _ = get_lm(progress=not args.no_progress)   # cached; trained first (~2 min) if absent
+    rows += generation_rows(lm, threads=args.threads)
     print(markdown_table(rows, LM_COLUMNS))
     for line in lm_summary(rows):
         print(line)

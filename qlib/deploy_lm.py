@@ -25,6 +25,9 @@ have no fast CPU kernel in ORT 1.32 (measured 20-40x slower than fp32; 8-bit at 
 is fast). Medians come from one run on
 a shared machine: read the ratios, not the milliseconds.
 
+End to end, :func:`generation_rows` times the course LM generating text (torch fp32, KV
+cache) in tokens per second; ``python -m qlib deploy --suite lm`` appends its rows.
+
 >>> rows = lm_suite(((64, 128),), (1,), repeats=2, bits=(4,), block_size=32, progress=False)
 >>> sorted(r["precision"] for r in rows), rows[0]["speedup_vs_fp32"] > 0
 (['fp32', 'fp32', 'int4', 'int4'], True)
@@ -41,11 +44,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .gpt import GPT, generate
 from .measure.roofline import pinned_threads
 from .runtime.nbits import (matmul_fp32_model, matmul_nbits_model, ort_session,
                             quantize_blockwise)
 
-__all__ = ["lm_suite", "lm_summary", "LM_SHAPES", "LM_BATCHES", "LM_COLUMNS"]
+__all__ = ["lm_suite", "lm_summary", "generation_rows", "LM_SHAPES", "LM_BATCHES", "LM_COLUMNS"]
 
 #: (N out, K in): Llama-7B's q/k/v/o projection and its MLP up/gate projection.
 LM_SHAPES: tuple[tuple[int, int], ...] = ((4096, 4096), (11008, 4096))
@@ -210,6 +214,11 @@ def lm_summary(rows: list[dict]) -> list[str]:
     lines = []
     for model in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == model]
+        if "tokens_per_s" in mine[0]:          # a generation_rows model: speed, no int4 rows
+            lines.append(f"{model} generating, {mine[0]['runtime']} {mine[0]['precision']}: " +
+                         ", ".join(f"batch {r['batch']} {r['tokens_per_s']:g} tokens/s "
+                                   f"({r['median_ms']:.3g} ms per step)" for r in mine))
+            continue
         wins, parts = [], []
         for batch in sorted({r["batch"] for r in mine}):
             at = [r for r in mine if r["batch"] == batch]
@@ -226,3 +235,46 @@ def lm_summary(rows: list[dict]) -> list[str]:
                  else "int4 never faster than fp32")
         lines.append("; ".join(parts + [ahead]))
     return lines
+
+
+def generation_rows(model: GPT, *, batches: Sequence[int] = (1, 8), new_tokens: int = 48,
+                    repeats: int = 5, threads: int = 1, seed: int = 0) -> list[dict]:
+    """End-to-end generation speed of a GPT (the course LM): one row per batch size.
+
+    Greedy decoding of ``new_tokens`` tokens after a one-token prompt, through the KV cache
+    (:func:`qlib.gpt.generate`), ``repeats`` times after one warm-up, threads pinned.
+    ``median_ms`` / ``p90_ms`` are per generated token (one decode step for the whole batch);
+    ``tokens_per_s`` = batch * 1000 / median_ms; ``size_bytes`` the fp32 weights;
+    ``weight_gbs`` the weight bytes read per second if every step reads them once.
+    fp32 in torch only: the course LM's int4 gain is shown by its roofline (notebook 09), not
+    measured here. Introduced in notebook 09.
+
+    >>> from qlib.gpt import GPTConfig
+    >>> tiny = GPT(GPTConfig(vocab_size=10, block_size=16, n_layer=1, n_head=2, d_model=8))
+    >>> [r["batch"] for r in generation_rows(tiny, batches=(1, 2), new_tokens=4, repeats=2)]
+    [1, 2]
+    """
+    batches = _check_ints(tuple(batches), "batches", 1)
+    for value, name in ((new_tokens, "new_tokens"), (repeats, "repeats"), (threads, "threads")):
+        _check_ints(value, name, 1)
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    rows = []
+    with pinned_threads(threads):
+        for batch in batches:
+            prompt = torch.zeros(batch, 1, dtype=torch.long)
+            run = lambda: generate(model, prompt, new_tokens, temperature=0.0, seed=seed)  # noqa: E731
+            run()                                                       # warm-up
+            per_token = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                run()
+                per_token.append((time.perf_counter() - start) / new_tokens * 1e3)
+            med = float(np.median(per_token))
+            rows.append(dict(model=f"course LM ({model.num_params() / 1e6:.1f}M)", runtime="torch",
+                             precision="fp32", accuracy_level=None, batch=batch,
+                             median_ms=round(med, 4),
+                             p90_ms=round(float(np.percentile(per_token, 90)), 4),
+                             speedup_vs_fp32=1.0, size_bytes=size,
+                             weight_gbs=round(size / med / 1e6, 2), rel_error=0.0,
+                             tokens_per_s=round(batch * 1e3 / med, 1), new_tokens=new_tokens))
+    return rows

@@ -244,3 +244,44 @@ def test_lm_suite_rows_and_summary():
     assert line.startswith("linear 64x128 batch 1: fastest fp32") and "int4 acc4" in line
     with pytest.raises(ValueError, match="batches must be a non-empty sequence"):
         lm_suite(((64, 128),), (), progress=False)
+
+
+def test_generation_rows_time_the_course_lm_style_decoder():
+    from qlib.deploy_lm import generation_rows, lm_summary
+    from qlib.gpt import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=12, block_size=16, n_layer=1, n_head=2, d_model=16)).eval()
+    rows = generation_rows(model, batches=(1, 3), new_tokens=20, repeats=2)
+    assert [r["batch"] for r in rows] == [1, 3]
+    for r in rows:
+        assert r["p90_ms"] >= r["median_ms"] > 0
+        assert r["tokens_per_s"] == pytest.approx(r["batch"] * 1e3 / r["median_ms"], rel=1e-3)
+        assert r["size_bytes"] == 4 * model.num_params()
+    (line,) = lm_summary(rows)
+    assert "tokens/s" in line and "int4" not in line
+    with pytest.raises(ValueError, match="new_tokens"):
+        generation_rows(model, new_tokens=0)
+
+
+def test_cli_deploy_suite_lm_writes_rows_with_the_fields(tmp_path, monkeypatch, capsys):
+    """`python -m qlib deploy --suite lm --json FILE`, with small shapes and a tiny LM for time."""
+    import json
+
+    import qlib.__main__ as cli
+    from qlib.deploy_lm import lm_suite
+    from qlib.gpt import GPT, GPTConfig
+
+    tiny = GPT(GPTConfig(vocab_size=12, block_size=16, n_layer=1, n_head=2, d_model=16))
+    monkeypatch.setattr(cli, "lm_suite", lambda **kw: lm_suite(((64, 128),), (1,), repeats=2,
+                                                              block_size=32, **kw))
+    monkeypatch.setattr(cli, "get_lm", lambda progress=True: (tiny, None))
+    out = tmp_path / "lm.json"
+    assert cli.main(["deploy", "--suite", "lm", "--json", str(out), "--no-progress"]) == 0
+    rows = json.loads(out.read_text())
+    fields = {"model", "runtime", "precision", "batch", "median_ms", "p90_ms", "size_bytes"}
+    assert rows and all(fields <= set(r) for r in rows)
+    assert {r["precision"] for r in rows} == {"fp32", "int4", "int8"}
+    assert [r["batch"] for r in rows if "tokens_per_s" in r] == [1, 8]
+    printed = capsys.readouterr().out
+    assert "linear 64x128 batch 1" in printed and "tokens/s" in printed
