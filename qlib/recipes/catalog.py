@@ -6,7 +6,7 @@ was imported before it, and importing a technique never registers anything.
 
 from __future__ import annotations
 
-from . import distill, lm, pipeline, prune, quant, runtime
+from . import distill, lm, lm_compress, pipeline, prune, quant, runtime
 from .registry import Recipe
 
 __all__ = ["RECIPES", "load_recipes", "get_recipe", "index_recipes"]
@@ -55,16 +55,33 @@ _ALL = [
            lm.lm_w8_rtn, "lm"),
     Recipe("lm-w4g128-rtn", "weight-only", "LM: 4-bit weights, groups of 128, round to "
            "nearest", lm.lm_w4g128_rtn, "lm"),
-    Recipe("lm-w4g128-gptq", "weight-only", "LM: 4-bit weights, groups of 128, GPTQ (32 "
+    Recipe("lm-w4g128-gptq", "weight-only", "LM: 4-bit weights, groups of 128, GPTQ (128 "
            "calibration windows)", lm.lm_w4g128_gptq, "lm"),
     Recipe("lm-w4g128-awq", "weight-only", "LM: 4-bit weights, groups of 128, AWQ scale "
-           "search (32 calibration windows)", lm.lm_w4g128_awq, "lm"),
+           "search (128 calibration windows)", lm.lm_w4g128_awq, "lm"),
     Recipe("lm-w3g128-rtn", "weight-only", "LM: 3-bit weights, groups of 128, round to "
            "nearest", lm.lm_w3g128_rtn, "lm"),
     Recipe("lm-w3g128-gptq", "weight-only", "LM: 3-bit weights, groups of 128, GPTQ",
            lm.lm_w3g128_gptq, "lm"),
     Recipe("lm-nf4g64", "weight-only", "LM: NF4 (QLoRA's normal-float codebook), absmax "
            "blocks of 64", lm.lm_nf4g64, "lm"),
+    # the course language model: activations, KV cache, pruning (notebook 10)
+    Recipe("lm-w8a8-naive", "W8A8", "LM: int8 per-channel weights, int8 activations with one "
+           "static scale per tensor", lm_compress.lm_w8a8_naive, "lm"),
+    Recipe("lm-w8a8-smooth", "W8A8", "LM: the same after SmoothQuant (alpha 0.5) on each "
+           "LayerNorm -> Linear pair", lm_compress.lm_w8a8_smooth, "lm"),
+    Recipe("lm-kv8", "KV cache", "LM: keys and values cached in int8 (per token and head)",
+           lm_compress.lm_kv8, "lm"),
+    Recipe("lm-kv4", "KV cache", "LM: keys and values cached in int4 (per token and head)",
+           lm_compress.lm_kv4, "lm"),
+    Recipe("lm-magnitude-50", "LLM pruning", "LM: 50% of each row's weights by magnitude, "
+           "no retraining", lm_compress.lm_magnitude_50, "lm"),
+    Recipe("lm-wanda-50", "LLM pruning", "LM: 50% by Wanda (|W| x input norm per row)",
+           lm_compress.lm_wanda_50, "lm"),
+    Recipe("lm-sparsegpt-50", "LLM pruning", "LM: 50% by SparseGPT (OBS reconstruction with "
+           "the calibration Hessian)", lm_compress.lm_sparsegpt_50, "lm"),
+    Recipe("lm-wanda-2of4", "LLM pruning", "LM: 2:4 semi-structured sparsity by Wanda",
+           lm_compress.lm_wanda_2of4, "lm"),
 ]
 
 
