@@ -98,9 +98,15 @@ def evaluate_lm_variant(variant: Variant, data: TextSplits, reference: dict | No
     """One LM report row: ``name, technique, perplexity, accuracy`` (next-token top-1),
     ``agreement`` (top-1 with ``reference``, the fp32 row; 1.0 without), ``nll, size_bytes,
     latency_ms`` (one decode step, batch 1, median, 1 thread), ``latency_p90_ms, params,
-    nonzeros, extra``; in memory only, ``preds`` and ``window_nll``. Introduced in notebook 09."""
+    nonzeros, extra``; in memory only, ``preds`` and ``window_nll`` (of ``variant.model``).
+    When ``variant.extra["seeds"]`` lists per-seed results (the students of notebook 10),
+    perplexity, nll, accuracy and agreement are their means. Introduced in notebook 09."""
     ev = evaluate_lm(variant.model, data, "test", reference=reference)
     lat = decode_step_latency(variant.model, repeats=latency_repeats)
+    seeds = variant.extra.get("seeds")
+    if seeds:  # a recipe trained over several seeds: the row is their mean (spread in extra)
+        ev |= {k: sum(s[k] for s in seeds) / len(seeds)
+               for k in ("perplexity", "nll", "accuracy", "agreement")}
     return dict(name=variant.name, technique=variant.technique,
                 perplexity=ev["perplexity"], nll=ev["nll"], accuracy=ev["accuracy"],
                 agreement=ev["agreement"], tokens=ev["tokens"],

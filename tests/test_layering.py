@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("qlib", "qlib._util"),                                  # the root and its helpers
     ("qlib.measure", "qlib.codec"),                          # measured / coded: no core
     ("qlib.data", "qlib.models", "qlib.train", "qlib.text", "qlib.gpt", "qlib.lm"),  # core
-    ("qlib.quant", "qlib.prune", "qlib.distill"),            # the techniques
+    ("qlib.quant", "qlib.prune", "qlib.distill", "qlib.distill_lm"),  # the techniques
     ("qlib.pipeline",),                                      # Deep Compression
     ("qlib.runtime",),                                       # ONNX / ONNX Runtime
     ("qlib.recipes",),                                       # every recipe, one list

@@ -82,6 +82,11 @@ _ALL = [
            "the calibration Hessian)", lm_compress.lm_sparsegpt_50, "lm"),
     Recipe("lm-wanda-2of4", "LLM pruning", "LM: 2:4 semi-structured sparsity by Wanda",
            lm_compress.lm_wanda_2of4, "lm"),
+    Recipe("lm-scratch-student", "LLM distillation", "LM student (half width, 2 blocks) "
+           "trained on the text alone; mean of 3 seeds", lm_compress.lm_scratch_student, "lm"),
+    Recipe("lm-kd-student", "LLM distillation", "the same student, same budget, distilled "
+           "from the course LM (T 2, alpha 0.5); mean of 3 seeds", lm_compress.lm_kd_student,
+           "lm"),
 ]
 
 

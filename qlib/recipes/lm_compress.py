@@ -1,4 +1,5 @@
-"""The language-model recipes of notebook 10: W8A8 with SmoothQuant, KV-cache and LLM pruning.
+"""The language-model recipes of notebook 10: W8A8 with SmoothQuant, KV cache, LLM pruning and
+distilled students.
 
 Each is ``(lm, data) -> Variant`` like :mod:`qlib.recipes.lm`, on the trained course LM.
 Calibration is :func:`~qlib.recipes.lm.lm_calibration` (training windows, never the test
@@ -8,6 +9,8 @@ quantization, pruned float weights); ``size_bytes`` is that stored form:
     W8A8      int8 weights per output channel + an fp32 scale per channel, the rest as saved
     KV cache  the weights are untouched (fp32 file); the cache's own bytes are in ``extra``
     pruned    the sparse file of :func:`qlib.prune.sparse.save_sparse` (bitmask + fp32 values)
+    students  the student's fp32 state dict; the row is the mean over :data:`STUDENT_SEEDS`
+              (``extra["seeds"]`` holds each seed's numbers, ``perplexity_std`` the spread)
 
 None of these rows is faster on this CPU: the latency column of the report is the fp32
 model's with fake quantization or zeros, not int8 or 2:4 kernels.
@@ -19,7 +22,14 @@ import copy
 
 from torch import Tensor, nn
 
+import io
+import statistics
+
+import torch
+
+from ..distill_lm import LM_STUDENT, get_lm_student
 from ..gpt import GPT, KVCache
+from ..lm import evaluate_lm
 from ..measure import count_nonzeros, count_parameters
 from ..prune.llm import prune_linear_layers
 from ..prune.sparse import sparse_size_bytes
@@ -32,7 +42,11 @@ from .registry import Variant
 
 __all__ = ["smoothing_pairs", "QuantizedKVCache", "KVQuantGPT", "lm_w8a8", "lm_w8a8_naive",
            "lm_w8a8_smooth", "lm_kv", "lm_kv8", "lm_kv4", "lm_pruned", "lm_magnitude_50",
-           "lm_wanda_50", "lm_sparsegpt_50", "lm_wanda_2of4"]
+           "lm_wanda_50", "lm_sparsegpt_50", "lm_wanda_2of4", "STUDENT_SEEDS", "lm_student",
+           "lm_scratch_student", "lm_kd_student"]
+
+#: The seeds every student recipe trains (mean and spread are over these).
+STUDENT_SEEDS = (0, 1, 2)
 
 #: SmoothQuant's migration strength for the course LM (the paper's default for OPT).
 SMOOTH_ALPHA = 0.5
@@ -157,3 +171,33 @@ def lm_sparsegpt_50(lm: nn.Module, data: TextSplits) -> Variant:
 
 def lm_wanda_2of4(lm: nn.Module, data: TextSplits) -> Variant:
     return lm_pruned("lm-wanda-2of4", lm, data, "wanda", nm=(2, 4))
+
+
+def lm_student(name: str, lm: GPT, data: TextSplits, mode: str) -> Variant:
+    """:data:`~qlib.distill_lm.LM_STUDENT` trained with ``mode`` ("scratch" or "kd", the
+    course LM as teacher) for each of :data:`STUDENT_SEEDS`; the variant's model is seed 0's,
+    its ``extra["seeds"]`` every seed's test perplexity, accuracy and agreement with ``lm``."""
+    seeds, first = [], None
+    for seed in STUDENT_SEEDS:
+        student = get_lm_student(mode, data, lm if mode == "kd" else None, seed=seed)
+        r = evaluate_lm(student, data, "test", reference=lm)
+        seeds.append(dict(seed=seed, perplexity=r["perplexity"], nll=r["nll"],
+                          accuracy=r["accuracy"], agreement=r["agreement"]))
+        first = first or student
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)
+    ppl = [s["perplexity"] for s in seeds]
+    return Variant(name, "LLM distillation", first.eval(), buffer.getbuffer().nbytes,
+                   count_parameters(first), count_nonzeros(first),
+                   dict(mode=mode, seeds=seeds, perplexity_mean=statistics.fmean(ppl),
+                        perplexity_std=statistics.stdev(ppl), n_seeds=len(seeds),
+                        **{k: v for k, v in LM_STUDENT.items()
+                           if mode == "kd" or k not in ("temperature", "alpha")}))
+
+
+def lm_scratch_student(lm: GPT, data: TextSplits) -> Variant:
+    return lm_student("lm-scratch-student", lm, data, "scratch")
+
+
+def lm_kd_student(lm: GPT, data: TextSplits) -> Variant:
+    return lm_student("lm-kd-student", lm, data, "kd")
