@@ -52,3 +52,19 @@ def test_students_are_cached_seeded_and_differ_only_by_the_loss(text, tmp_path):
 def test_bad_arguments(text, args, kw, match):
     with pytest.raises(ValueError, match=match):
         get_lm_student(args[0], text, **kw)
+
+
+def test_course_students_SLOW_FIRST_RUN(text):
+    """The six students of notebook 10 and the report (3 seeds x scratch / KD): trained on first
+    use (a few minutes on 2 cores), then loaded from the cache, so the notebook stays fast."""
+    from qlib.lm import evaluate_lm, get_lm
+    from qlib.recipes.lm_compress import STUDENT_SEEDS
+
+    lm, data = get_lm(progress=False)
+    teacher = evaluate_lm(lm, data, "val", max_windows=100)["perplexity"]
+    for mode in ("scratch", "kd"):
+        for seed in STUDENT_SEEDS:
+            s = get_lm_student(mode, data, lm if mode == "kd" else None, seed=seed, progress=False)
+            assert s.num_params() < lm.num_params() / 4
+            ppl = evaluate_lm(s, data, "val", max_windows=100)["perplexity"]
+            assert teacher < ppl < data.vocab_size / 5, (mode, seed, ppl)
