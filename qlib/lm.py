@@ -43,14 +43,18 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ._util import set_seed
+from .measure.roofline import pinned_threads
 from .gpt import GPT, GPTConfig
 from .text import TextSplits, eval_windows, load_text, train_batches
 from .train import cached_training
 
-__all__ = ["LM_RECIPE", "build_lm", "lm_loss", "lr_at", "train_lm", "get_lm", "lm_logits",
+__all__ = ["LM_RECIPE", "TRAIN_THREADS", "build_lm", "lm_loss", "lr_at", "train_lm", "get_lm", "lm_logits",
            "evaluate_lm"]
 
 LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
+
+#: Threads every LM training runs on (see :func:`train_lm`): the course machine's 2 cores.
+TRAIN_THREADS = 2
 
 #: Everything that determines the course LM's weights; part of its cache key (together with
 #: the corpus fingerprint and vocabulary size), so a change retrains. d_model is 256 (not,
@@ -97,13 +101,16 @@ def train_lm(model: nn.Module, data: TextSplits, *, steps: int, lr: float, batch
              seed: int = 0, warmup: int | None = None, weight_decay: float = 0.1,
              grad_clip: float = 1.0, block_size: int | None = None,
              loss_fn: LossFn | None = None, progress: bool = True,
-             desc: str = "train lm") -> dict[str, list[float]]:
+             desc: str = "train lm", threads: int | None = TRAIN_THREADS
+             ) -> dict[str, list[float]]:
     """Train ``model`` in place on random windows of ``data.train``; returns the history.
 
     ``loss_fn(model, x, y) -> scalar`` defaults to :func:`lm_loss` (distillation passes its
     own). ``warmup`` defaults to 5% of ``steps``; ``block_size`` to the model's. Same seed,
-    same weights (batches are drawn from a seeded generator). History: ``loss`` and ``lr``
-    per step, ``seconds`` in total.
+    same weights (batches are drawn from a seeded generator), and the same thread count
+    (``threads``, pinned while training: float sums are split by thread, so a model trained
+    on 1 thread differs from one trained on 2 in its last bits, and then in its numbers).
+    History: ``loss`` and ``lr`` per step, ``seconds`` in total.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -127,19 +134,20 @@ def train_lm(model: nn.Module, data: TextSplits, *, steps: int, lr: float, batch
     model.train()
     start = time.perf_counter()
     bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
-    for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, lr, warmup)
-        x, y = next(batches)
-        loss = loss_fn(model, x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(params, grad_clip)
-        opt.step()
-        history["loss"].append(loss.item())
-        history["lr"].append(opt.param_groups[0]["lr"])
-        if step % 10 == 0 or step == steps - 1:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+    with pinned_threads(threads):
+        for step in bar:
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, steps, lr, warmup)
+            x, y = next(batches)
+            loss = loss_fn(model, x, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, grad_clip)
+            opt.step()
+            history["loss"].append(loss.item())
+            history["lr"].append(opt.param_groups[0]["lr"])
+            if step % 10 == 0 or step == steps - 1:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
     history["seconds"].append(time.perf_counter() - start)
     model.eval()
     return history
