@@ -46,15 +46,12 @@ from ._util import set_seed
 from .measure.roofline import pinned_threads
 from .gpt import GPT, GPTConfig
 from .text import TextSplits, eval_windows, load_text, train_batches
-from .train import cached_training
+from .train import TRAIN_THREADS, cached_training
 
-__all__ = ["LM_RECIPE", "TRAIN_THREADS", "build_lm", "lm_loss", "lr_at", "train_lm", "get_lm", "lm_logits",
+__all__ = ["LM_RECIPE", "build_lm", "lm_loss", "lr_at", "train_lm", "get_lm", "lm_logits",
            "evaluate_lm"]
 
 LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
-
-#: Threads every LM training runs on (see :func:`train_lm`): the course machine's 2 cores.
-TRAIN_THREADS = 2
 
 #: Everything that determines the course LM's weights; part of its cache key (together with
 #: the corpus fingerprint and vocabulary size), so a change retrains. d_model is 256 (not,

@@ -175,3 +175,24 @@ def test_documentation_edits_retrain_nothing_code_edits_do(tmp_path) -> None:
     # while a code edit in train.py (or anything it imports) changes the key: retrain once
     edit("train.py", "\n__all__", "\nUNUSED_CONSTANT = 1\n__all__")
     assert _hash_in_copy(tmp_path) != before
+
+
+def test_cached_baseline_does_not_depend_on_the_callers_thread_count(tmp_path):
+    """Notebook 00 sets 1 thread, the tests run on 2: whoever trains the baseline first, it is
+    the same model (training pins TRAIN_THREADS), so every notebook sees the same numbers."""
+    import torch
+
+    from qlib.train import get_trained
+
+    old = torch.get_num_threads()
+    models = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            m, _ = get_trained(epochs=1, cache_dir=tmp_path / str(threads), progress=False)
+            assert torch.get_num_threads() == threads          # the caller's count is restored
+            models.append(m)
+    finally:
+        torch.set_num_threads(old)
+    a, b = (m.state_dict() for m in models)
+    assert all(torch.equal(a[k], b[k]) for k in a)
