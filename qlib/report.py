@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -29,7 +29,7 @@ from ._util import markdown_table
 from .evaluate import baseline_variant, evaluate_lm_variant, evaluate_variant
 from .lm import get_lm
 from .plots import pareto_front, plot_tradeoff
-from .recipes import load_recipes
+from .recipes import Variant, load_recipes
 from .train import get_baseline
 
 __all__ = ["build_report", "build_lm_report", "write_report", "report_table", "lm_table",
@@ -71,6 +71,40 @@ def verdict(row: dict) -> str:
             f"{100 * row['f1']:.2f}%, ECE {row['ece']:.3f}).")
 
 
+def _chosen(task: str, only: Sequence[str] | None) -> tuple[dict, list[str]]:
+    """The task's recipes and the names to run (all, or ``only``, checked)."""
+    recipes = load_recipes(task)
+    names = list(only) if only else list(recipes)
+    unknown = [n for n in names if n not in recipes]
+    if unknown:
+        kind, listed = ("", "registered") if task == "vision" else (f"{task} ", f"{task} recipes")
+        raise ValueError(f"unknown {kind}recipe(s) {unknown}; {listed}: {sorted(recipes)}")
+    return recipes, names
+
+
+def _run_recipes(recipes: dict, names: Sequence[str], baseline: object, data: object,
+                 evaluate: Callable[[Variant], dict], desc: str, progress: bool
+                 ) -> tuple[list[dict], list[dict]]:
+    """Run each named recipe on (baseline, data) and evaluate its variant: (rows, failed).
+
+    A recipe that raises goes to ``failed`` with its error and the rest go on; each row gets
+    ``seconds``, the recipe's and its evaluation's wall time.
+    """
+    rows, failed = [], []
+    bar = tqdm(names, desc=desc, disable=not progress)
+    for name in bar:
+        bar.set_postfix_str(name)
+        t0 = time.perf_counter()
+        try:
+            row = evaluate(recipes[name].fn(baseline, data))
+        except Exception as err:  # noqa: BLE001 - one broken recipe must not hide the rest
+            failed.append(dict(name=name, error=f"{type(err).__name__}: {err}"))
+            continue
+        row["seconds"] = round(time.perf_counter() - t0, 2)
+        rows.append(row)
+    return rows, failed
+
+
 def build_report(only: Sequence[str] | None = None, *, dataset: str = "embedded",
                  model: str = "course", progress: bool = True,
                  latency_repeats: int = 50) -> dict:
@@ -80,29 +114,18 @@ def build_report(only: Sequence[str] | None = None, *, dataset: str = "embedded"
     MNIST sample and the course model are the defaults. A recipe that raises is listed
     under ``"failed"`` with its error and the rest go on.
     """
-    recipes = load_recipes("vision")
-    names = list(only) if only else list(recipes)
-    unknown = [n for n in names if n not in recipes]
-    if unknown:
-        raise ValueError(f"unknown recipe(s) {unknown}; registered: {sorted(recipes)}")
+    recipes, names = _chosen("vision", only)
     start = time.perf_counter()
     baseline, data = get_baseline(model=model, dataset=dataset, progress=progress)
     base = evaluate_variant(baseline_variant(baseline), data, latency_repeats=latency_repeats)
     _derive(base, base)
-    variants, failed = [], []
-    bar = tqdm(names, desc="recipes", disable=not progress)
-    for name in bar:
-        bar.set_postfix_str(name)
-        t0 = time.perf_counter()
-        try:
-            variant = recipes[name].fn(baseline, data)
-            row = evaluate_variant(variant, data, base, latency_repeats=latency_repeats)
-        except Exception as err:  # noqa: BLE001 - one broken recipe must not hide the rest
-            failed.append(dict(name=name, error=f"{type(err).__name__}: {err}"))
-            continue
-        row["seconds"] = round(time.perf_counter() - t0, 2)
+    variants, failed = _run_recipes(
+        recipes, names, baseline, data,
+        lambda v: evaluate_variant(v, data, base, latency_repeats=latency_repeats),
+        "recipes", progress)
+    for row in variants:
         row["verdict"] = verdict(_derive(row, base))
-        variants.append(_public(row))
+    variants = [_public(row) for row in variants]
     rows = [_public(base), *variants]
     pareto = {x: [rows[i]["name"] for i in pareto_front([r[x] for r in rows],
                                                          [r["accuracy"] for r in rows])]
@@ -123,25 +146,14 @@ def build_lm_report(only: Sequence[str] | None = None, *, progress: bool = True,
     fp32), ``size_bytes`` (the packed file), ``latency_ms`` (one decode step, batch 1),
     ``params, nonzeros``; derived ``compression`` and ``perplexity_increase_pct``.
     """
-    recipes = load_recipes("lm")
-    names = list(only) if only else list(recipes)
-    unknown = [n for n in names if n not in recipes]
-    if unknown:
-        raise ValueError(f"unknown lm recipe(s) {unknown}; lm recipes: {sorted(recipes)}")
+    recipes, names = _chosen("lm", only)
     start = time.perf_counter()
     lm, data = get_lm(progress=progress)
     base = evaluate_lm_variant(baseline_variant(lm), data, latency_repeats=latency_repeats)
-    variants, failed = [], []
-    for name in tqdm(names, desc="lm recipes", disable=not progress):
-        t0 = time.perf_counter()
-        try:
-            variant = recipes[name].fn(lm, data)
-            row = evaluate_lm_variant(variant, data, base, latency_repeats=latency_repeats)
-        except Exception as err:  # noqa: BLE001 - one broken recipe must not hide the rest
-            failed.append(dict(name=name, error=f"{type(err).__name__}: {err}"))
-            continue
-        row["seconds"] = round(time.perf_counter() - t0, 2)
-        variants.append(row)
+    variants, failed = _run_recipes(
+        recipes, names, lm, data,
+        lambda v: evaluate_lm_variant(v, data, base, latency_repeats=latency_repeats),
+        "lm recipes", progress)
     for row in [base, *variants]:
         row["compression"] = base["size_bytes"] / max(row["size_bytes"], 1)
         row["perplexity_increase_pct"] = 100 * (row["perplexity"] / base["perplexity"] - 1)
