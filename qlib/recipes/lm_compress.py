@@ -34,7 +34,7 @@ from ..measure import count_nonzeros, count_parameters
 from ..prune.llm import prune_linear_layers
 from ..prune.sparse import sparse_size_bytes
 from ..quant.kvcache import fake_quantize_kv, kv_cache_bytes
-from ..quant.smoothquant import quantize_linears_w8a8, smooth_model
+from ..quant.smoothquant import W8A8Linear, quantize_linears_w8a8, smooth_model
 from ..quant.weightonly import packed_bytes
 from ..text import TextSplits
 from .lm import lm_calibration, lm_packed_size
@@ -68,7 +68,7 @@ def lm_w8a8(name: str, lm: nn.Module, data: TextSplits, *, smooth: bool,
     if smooth:
         smooth_model(model, smoothing_pairs(model), calibration, alpha)
     qmodel = quantize_linears_w8a8(model, "static", batches=calibration)
-    layers = [n for n, m in qmodel.named_modules() if type(m).__name__ == "W8A8Linear"]
+    layers = [n for n, m in qmodel.named_modules() if isinstance(m, W8A8Linear)]
     modules = dict(qmodel.named_modules())
     packed = sum(packed_bytes(modules[n].out_features, modules[n].in_features, 8, None,
                               symmetric=True) for n in layers)
