@@ -26,3 +26,13 @@ def baseline(data):
 
     model, _ = get_baseline(progress=False)
     return model
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run faster on one thread, and do not stall when the machine is busy.
+    Yields the thread count before; restores it after the module. Opt in per module with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield threads
+    torch.set_num_threads(threads)

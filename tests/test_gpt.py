@@ -7,13 +7,7 @@ from qlib.gpt import GPT, GPTConfig, KVCache, causal_attention, generate
 CFG = GPTConfig(vocab_size=50, block_size=32, n_layer=2, n_head=4, d_model=32)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run faster on one thread, and do not stall when the machine is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield threads
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,7 @@ from qlib.text import eval_windows, load_text
 TINY = dict(n_layer=1, n_head=2, d_model=32, block_size=32)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run faster on one thread, and do not stall when the machine is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield threads
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +96,9 @@ def test_get_lm_caches_and_rebuilds(tmp_path, capsys):
     assert torch.equal(model.lm_head.weight, rebuilt.lm_head.weight)
 
 
-def test_course_lm_quality_SLOW_FIRST_RUN(_one_thread):
+def test_course_lm_quality_SLOW_FIRST_RUN(one_thread):
     """The trained course LM: trained on first use (~2 min on 2 cores), then from the cache."""
-    torch.set_num_threads(_one_thread)  # the course's thread count, as in the notebooks
+    torch.set_num_threads(one_thread)  # the course's thread count, as in the notebooks
     try:
         model, data = get_lm(progress=False)
     finally:
