@@ -104,5 +104,5 @@ def test_bad_input() -> None:
     buf = io.BytesIO()
     torch.save(course_model().state_dict(), buf)  # a plain checkpoint is not a sparse file
     buf.seek(0)
-    with pytest.raises(ValueError, match="not a qlib-sparse"):
+    with pytest.raises(ValueError, match="corrupt or incomplete file: not a qlib container"):
         load_sparse(buf)

@@ -13,8 +13,12 @@ instead of 4 (7.6x smaller). A bitmask beats CSR / coordinate lists while the de
 above 1 / (bits per index) (1/16 with int16 indices): each kept entry costs an index there.
 A tensor that would not get smaller (biases, batch norm, dense layers) is stored as is.
 
-The file is a ``torch.save`` of plain dicts, lists and tensors, so ``torch.load`` with
-``weights_only=True`` reads it.
+On disk the encoding is a ``torch.save`` of plain dicts, lists and tensors (``torch.load``
+with ``weights_only=True`` reads it), held as the one entry, named :data:`FORMAT`, of a
+checked container (:mod:`qlib.codec.container`: magic, version, length, CRC32; 53 bytes
+around the payload). A truncated, extended or altered file raises
+:class:`qlib.codec.CorruptFileError` ("corrupt or incomplete file: ...") before any byte
+of it is unpickled.
 
 >>> pack_mask(torch.tensor([True, False, True, True, False, False, False, False, True]))
 tensor([13,  1], dtype=torch.uint8)
@@ -23,6 +27,7 @@ tensor([13,  1], dtype=torch.uint8)
 from __future__ import annotations
 
 import io
+import pickle
 from pathlib import Path
 from typing import BinaryIO
 
@@ -30,12 +35,14 @@ import torch
 from torch import Tensor, nn
 
 from ..codec.bits import pack_bits, unpack_bits
+from ..codec.container import CorruptFileError, pack_entries, unpack_entries
 from .masks import baked_copy
 
 __all__ = ["FORMAT", "VALUE_DTYPES", "pack_mask", "unpack_mask", "encode_sparse",
            "decode_sparse", "save_sparse", "load_sparse", "sparse_size_bytes"]
 
-FORMAT = "qlib-sparse/2"  # /2: bitmask in packing's bit order (first entry lowest)
+#: The format tag: in the encoded dict, and the name of the file's one container entry.
+FORMAT = "qlib-sparse/3"  # /2: bitmask in packing's bit order; /3: in a checked container
 #: How the kept values may be stored, and their bytes each.
 VALUE_DTYPES = {"float32": 4, "float16": 2, "int8": 1}
 
@@ -151,13 +158,14 @@ def save_sparse(model_or_state: nn.Module | dict, file: str | Path | BinaryIO,
                 values: str = "float32") -> int:
     """Write the sparse encoding of a model (or state dict) to a path or binary file.
 
-    Introduced in notebook 05. Returns the bytes written. Masks still applied are baked in
-    (on a copy). Read back with :func:`load_sparse`.
+    Introduced in notebook 05. Returns the bytes written: the ``torch.save`` of
+    :func:`encode_sparse` inside a checked container. Masks still applied are baked in (on
+    a copy). Read back with :func:`load_sparse`.
     """
     blob = encode_sparse(_state_dict(model_or_state), values)
     buffer = io.BytesIO()
     torch.save(blob, buffer)
-    data = buffer.getvalue()
+    data = pack_entries({FORMAT: buffer.getvalue()})
     if isinstance(file, (str, Path)):
         Path(file).write_bytes(data)
     else:
@@ -170,13 +178,28 @@ def load_sparse(file: str | Path | BinaryIO, model: nn.Module | None = None
     """Read a file made by :func:`save_sparse`: the dense state dict, or, given a ``model``
     of the same architecture, that model with the weights loaded (strict) and in eval mode.
 
+    The container's length and checksum are checked before anything is unpickled: a
+    truncated, extended or altered file raises :class:`qlib.codec.CorruptFileError`.
+
     >>> m = nn.Linear(100, 10); b = io.BytesIO(); n = save_sparse(m, b); _ = b.seek(0)
     >>> torch.equal(load_sparse(b)["weight"], m.weight)
     True
+    >>> load_sparse(io.BytesIO(b.getvalue()[:10]))
+    Traceback (most recent call last):
+    ...
+    qlib.codec.container.CorruptFileError: corrupt or incomplete file: 10 bytes, shorter than the 14-byte prefix (magic, version, checksum)
     """
-    if isinstance(file, (str, Path)):
-        file = io.BytesIO(Path(file).read_bytes())
-    state = decode_sparse(torch.load(file, map_location="cpu", weights_only=True))
+    data = Path(file).read_bytes() if isinstance(file, (str, Path)) else file.read()
+    entries = unpack_entries(data)
+    if list(entries) != [FORMAT]:
+        raise ValueError(f"not a {FORMAT} file: a container with entries {list(entries)[:5]}, "
+                         f"not the one entry {FORMAT!r}")
+    try:
+        blob = torch.load(io.BytesIO(entries[FORMAT]), map_location="cpu", weights_only=True)
+    except (RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as err:
+        raise CorruptFileError(f"the {FORMAT!r} entry is not a weights-only torch.save "
+                               f"payload ({type(err).__name__}: {err})") from None
+    state = decode_sparse(blob)
     if model is None:
         return state
     model.load_state_dict(state)
@@ -184,7 +207,7 @@ def load_sparse(file: str | Path | BinaryIO, model: nn.Module | None = None
 
 
 def sparse_size_bytes(model_or_state: nn.Module | dict, values: str = "float32") -> int:
-    """Bytes of the :func:`save_sparse` file, serialized in memory.
+    """Bytes of the :func:`save_sparse` file (container included), serialized in memory.
 
     >>> lin = nn.Linear(1000, 100); _ = nn.init.zeros_(lin.weight)
     >>> sparse_size_bytes(lin) < 100 * 1000 * 4 / 20
