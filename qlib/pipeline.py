@@ -128,13 +128,15 @@ class _SharedWeight(nn.Module):
 
 def finetune_codebooks(model: nn.Module, codebooks: Mapping[str, Tensor], data: Splits, *,
                        epochs: int = 2, lr: float = 3e-4, loss_fn=None, seed: int = 0,
-                       progress: bool = False) -> dict[str, Tensor]:
+                       max_shift: int = 2, progress: bool = False) -> dict[str, Tensor]:
     """Trained quantization (Deep Compression's step 2b): train the centroids in place.
 
     Each shared layer computes with ``codebook[index]`` (pruned entries stay 0); the
     gradient of centroid c is the sum of the gradients of the weights assigned to it.
     Biases and batch norm train too. Returns the new codebooks. ``loss_fn(model, x, y)``
-    as :func:`qlib.train.fit` (distillation passes its own).
+    as :func:`qlib.train.fit` (distillation passes its own); ``max_shift`` is fit's image
+    shift augmentation (pixels), 0 for inputs that are not images or a model, like an MLP,
+    that is not translation-invariant.
     """
     layers = prunable_layers(model)
     for name, cb in codebooks.items():
@@ -145,7 +147,8 @@ def finetune_codebooks(model: nn.Module, codebooks: Mapping[str, Tensor], data: 
                                              _SharedWeight(cb, index, keep), unsafe=True)
         layers[name].parametrizations.weight.original.requires_grad_(False)
     fit(model, data.loader("train", 64, seed=seed), epochs=epochs, lr=lr, weight_decay=0.0,
-        loss_fn=loss_fn, seed=seed, progress=progress, desc="fine-tune centroids")
+        loss_fn=loss_fn, seed=seed, max_shift=max_shift, progress=progress,
+        desc="fine-tune centroids")
     books = {}
     for name in codebooks:
         books[name] = layers[name].parametrizations.weight[0].codebook.detach().clone()
@@ -178,8 +181,13 @@ CODED = "coded:"
 def save_compressed(model: nn.Module, codebooks: Mapping[str, Tensor], *,
                     gap_bits: int = 4) -> bytes:
     """The whole model as bytes: coded layers for ``codebooks``' keys (entries named
-    ``coded:{layer}.weight``), float16 for the rest of the state dict."""
+    ``coded:{layer}.weight``), float16 for every other floating-point tensor of the state
+    dict, in the checked container of :mod:`qlib.codec.container`."""
     layers = prunable_layers(model)
+    unknown = [name for name in codebooks if name not in layers]
+    if unknown:
+        raise ValueError(f"codebooks name {unknown}, which are not Conv2d/Linear layers of the "
+                         f"model; layers allowed: {list(layers)}")
     coded = {f"{name}.weight": encode_layer(layers[name].weight, cb, gap_bits=gap_bits)
              for name, cb in codebooks.items()}
     entries = {CODED + key: payload for key, payload in coded.items()}
@@ -190,25 +198,48 @@ def save_compressed(model: nn.Module, codebooks: Mapping[str, Tensor], *,
 
 
 def load_compressed(blob: bytes, template: nn.Module) -> nn.Module:
-    """Rebuild a model from :func:`save_compressed` bytes into a copy of ``template``."""
+    """Rebuild a model from :func:`save_compressed` bytes into a copy of ``template``.
+
+    The file must hold exactly the template's floating-point tensors (each once, coded or
+    float16, with the template's shape): a missing entry would leave the template's weights
+    in place, so it is an error, as is an entry the template lacks. A truncated or altered
+    file raises :class:`qlib.codec.CorruptFileError`.
+    """
+    entries = unpack_entries(blob)  # checked before anything is copied
     model = copy.deepcopy(template)
     state = model.state_dict()
-    for entry, payload in unpack_entries(blob).items():
-        key = entry.removeprefix(CODED)
-        if key not in state:
-            raise ValueError(f"the file holds {key!r}, which the template model lacks")
+    keys = [entry.removeprefix(CODED) for entry in entries]
+    extra = [key for key in keys if key not in state]
+    if extra:
+        raise ValueError(f"the file holds {extra}, which the template model lacks; its "
+                         f"tensors: {list(state)}")
+    twice = sorted({key for key in keys if keys.count(key) > 1})
+    if twice:
+        raise ValueError(f"the file holds {twice} twice (coded and float16)")
+    missing = [key for key, t in state.items() if t.is_floating_point() and key not in keys]
+    if missing:
+        raise ValueError(f"the file has no entry for {missing} of the template model; a "
+                         "save_compressed file holds every floating-point tensor")
+    for (entry, payload), key in zip(entries.items(), keys):
+        shape = state[key].shape
         if entry.startswith(CODED):
-            state[key] = decode_layer(payload)
+            value = decode_layer(payload)
+        elif len(payload) == 2 * shape.numel():
+            value = torch.from_numpy(np.frombuffer(payload, np.float16).astype(np.float32))
         else:
-            state[key] = torch.from_numpy(np.frombuffer(payload, np.float16).astype(
-                np.float32)).view(state[key].shape)
+            raise ValueError(f"entry {entry!r} holds {len(payload)} bytes, but the template's "
+                             f"{tuple(shape)} tensor needs {2 * shape.numel()} in float16")
+        if value.numel() != shape.numel():
+            raise ValueError(f"entry {entry!r} decodes to shape {tuple(value.shape)}, but the "
+                             f"template's {key!r} has shape {tuple(shape)}")
+        state[key] = value.view(shape)
     model.load_state_dict(state)
     return model.eval()
 
 
 def deep_compress(baseline: nn.Module, data: Splits, *, sparsity: float = 0.92,
                   epochs: int = 4, lr: float = 1e-3, centroid_epochs: int = 2, seed: int = 0,
-                  gap_bits: int = 4, loss_fn=None, progress: bool = False
+                  gap_bits: int = 4, loss_fn=None, max_shift: int = 2, progress: bool = False
                   ) -> tuple[nn.Module, bytes, dict]:
     """Prune (global magnitude) -> fine-tune with masks (cached) -> choose bits per layer ->
     share weights -> train the centroids -> encode.
@@ -216,14 +247,16 @@ def deep_compress(baseline: nn.Module, data: Splits, *, sparsity: float = 0.92,
     Returns the model as loaded from the bytes, the bytes, and ``{"bits", "sparsity",
     "layer_bytes"}``. ``loss_fn(model, x, y)`` replaces cross-entropy in both fine-tunings
     (pass a distillation loss to put a teacher in the loop); ``centroid_epochs=0`` skips
-    trained quantization. Does not modify ``baseline``."""
+    trained quantization; ``max_shift=0`` turns off the image-shift augmentation of both
+    fine-tunings (for inputs that are not images). Does not modify ``baseline``."""
     recipe = dict(stage="pruned", sparsity=sparsity, epochs=epochs, lr=lr, seed=seed,
-                  baseline=fingerprint(baseline), loss=getattr(loss_fn, "__qualname__", None))
+                  baseline=fingerprint(baseline), loss=getattr(loss_fn, "__qualname__", None),
+                  max_shift=max_shift)
 
     def train(model: nn.Module) -> None:
         magnitude_prune(model, sparsity, scope="global")
         fit(model, data.loader("train", 64, seed=seed), epochs=epochs, lr=lr, seed=seed,
-            loss_fn=loss_fn, progress=progress, desc="fine-tune pruned")
+            loss_fn=loss_fn, max_shift=max_shift, progress=progress, desc="fine-tune pruned")
         remove_masks(model)
 
     pruned = cached_training("deep-compression", recipe, lambda: copy.deepcopy(baseline),
@@ -233,7 +266,8 @@ def deep_compress(baseline: nn.Module, data: Splits, *, sparsity: float = 0.92,
     books = share_weights(shared, bits)
     if centroid_epochs:
         books = finetune_codebooks(shared, books, data, epochs=centroid_epochs,
-                                   loss_fn=loss_fn, seed=seed, progress=progress)
+                                   loss_fn=loss_fn, seed=seed, max_shift=max_shift,
+                                   progress=progress)
     blob = save_compressed(shared, books, gap_bits=gap_bits)
     layer_bytes = {k: len(v) for k, v in unpack_entries(blob).items()}
     total = sum(int((m.weight != 0).sum()) for m in prunable_layers(shared).values())

@@ -20,6 +20,7 @@ import importlib.util
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ._util import LossFn, atomic_write, set_seed
+from ._util import LossFn, atomic_write, set_seed, writable_dir_problem
 from .data import DATA_DIR, Splits, load_dataset
 from .measure.metrics import classification_report
 from .measure.roofline import pinned_threads
@@ -42,9 +43,15 @@ __all__ = ["fit", "predict", "evaluate", "save_checkpoint", "load_checkpoint",
 
 def random_shift(x: Tensor, max_shift: int = 2, generator: torch.Generator | None = None
                  ) -> Tensor:
-    """Shift each image (N, C, H, W) by up to ``max_shift`` pixels, filling with the border."""
+    """Shift each image (N, C, H, W) by up to ``max_shift`` pixels, filling with the border.
+
+    Augmentation for images only: other inputs (sequences, features) need ``max_shift=0``."""
     if max_shift == 0:
         return x
+    if max_shift < 0 or x.dim() != 4:
+        raise ValueError(f"random_shift shifts images (N, C, H, W) by max_shift >= 0 pixels; "
+                         f"got inputs of shape {tuple(x.shape)} and max_shift={max_shift}: "
+                         "pass max_shift=0 for inputs that are not images")
     n, _, h, w = x.shape
     pad = F.pad(x, (max_shift,) * 4, mode="replicate")
     dx, dy = torch.randint(0, 2 * max_shift + 1, (2, n), generator=generator)
@@ -104,12 +111,19 @@ def fit(model: nn.Module, train_loader: DataLoader, *, epochs: int = 10, lr: flo
 @torch.no_grad()
 def predict(model: nn.Module | Callable[[Tensor], Tensor], loader: DataLoader | Iterable
             ) -> tuple[Tensor, Tensor]:
-    """Logits (N, classes) and labels (N,) of a model or any ``batch -> logits`` callable."""
+    """Logits (N, classes) and labels (N,) of a model or any ``batch -> logits`` callable.
+
+    Non-finite outputs (NaN, Inf) raise ``ValueError``: every metric computed from them would
+    be a number, and a wrong one."""
     if isinstance(model, nn.Module):
         model.eval()
     logits, labels = [], []
-    for x, y in loader:
-        logits.append(torch.as_tensor(model(x)).float())
+    for i, (x, y) in enumerate(loader):
+        out = torch.as_tensor(model(x)).float()
+        if not torch.isfinite(out).all():  # argmax of NaN is index 0: an accuracy, but wrong
+            raise ValueError(f"the model's outputs are not finite (NaN or Inf) in batch {i}: "
+                             "a model that outputs NaN has no accuracy; check its weights")
+        logits.append(out)
         labels.append(y)
     if not logits:
         raise ValueError("the loader yielded no batches")
@@ -238,7 +252,8 @@ def cached_training(name: str, recipe: dict, build: Callable[[], nn.Module],
     holds
     the state dict and the recipe. A file that fails to load, holds another recipe or does
     not fit the architecture is retrained and overwritten with a one-line message, never a
-    crash. ``build`` must be deterministic (seed inside it); ``train(model)`` trains in place.
+    crash. A cache folder that cannot be written is found before training: the model is
+    trained, returned and used, with one warning, and not saved. ``build`` must be deterministic (seed inside it); ``train(model)`` trains in place.
     Used by the baseline and by every recipe that trains (notebooks 04-08).
     """
     modules = (build.__module__, train.__module__, "qlib.train")
@@ -254,8 +269,19 @@ def cached_training(name: str, recipe: dict, build: Callable[[], nn.Module],
         except Exception as err:  # noqa: BLE001 - any bad cache is rebuilt
             print(f"qlib: cache {path.name} unusable ({type(err).__name__}); retraining")
             net = build()
+    # Checked before training, so the learner hears it now and not after minutes of work;
+    # either way the trained model is returned and used, with one warning.
+    problem = writable_dir_problem(path.parent)
+    if problem:
+        warnings.warn(f"qlib: the cache folder {problem}: {name} is trained now and used, but "
+                      f"not saved (set QLIB_DATA to a writable folder to keep it)", stacklevel=2)
     train(net)
-    save_checkpoint({"recipe": recipe, "state_dict": net.state_dict()}, path)
+    if not problem:
+        try:
+            save_checkpoint({"recipe": recipe, "state_dict": net.state_dict()}, path)
+        except OSError as err:  # a full disk, or the folder changed under us
+            warnings.warn(f"qlib: could not save {path} ({err.strerror or err}); the trained "
+                          f"{name} is used but not cached", stacklevel=2)
     return net.eval()
 
 

@@ -77,3 +77,23 @@ def test_pack_round_trip_and_bad_input():
         load_compressed(pack({"zzz": b"\x00\x00"}), course_model())
     with pytest.raises(ValueError, match="Conv2d and Linear"):
         share_weights(torch.nn.ReLU(), {})
+
+
+def test_finetune_codebooks_on_features_that_are_not_images():
+    """An MLP on flat features: max_shift=0 trains the centroids; the default image shift
+    refuses (N, 20) inputs and says what to pass instead."""
+    from torch.utils.data import TensorDataset
+
+    from qlib.data import Splits
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(96, 20, generator=g), torch.randint(0, 3, (96,), generator=g)
+    ds = TensorDataset(x, y)
+    flat = Splits("flat", ds, ds, ds, classes=["a", "b", "c"])
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(20, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    books = share_weights(mlp, {"0": 2, "2": 2})
+    new = finetune_codebooks(mlp, books, flat, epochs=1, max_shift=0)
+    assert not torch.equal(new["0"], books["0"])
+    with pytest.raises(ValueError, match="max_shift=0"):
+        finetune_codebooks(mlp, new, flat, epochs=1)

@@ -146,3 +146,22 @@ def test_failed_download_leaves_nothing_and_says_why(tmp_path, monkeypatch):
     assert "\n" not in message
     assert "connection refused" in message and "load_dataset('embedded')" in message
     assert list(tmp_path.iterdir()) == []  # no partial file or folder left behind
+
+
+def test_the_command_line_names_its_own_option_for_offline_data(tmp_path, monkeypatch, capsys):
+    """`report --dataset mnist` offline says `--dataset embedded`, the option the user typed,
+    not the Python call the library's message names."""
+    import torchvision.datasets as tvd
+
+    from qlib.__main__ import main
+
+    def no_network(self):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(tvd.MNIST, "download", no_network)
+    monkeypatch.setattr("qlib.data.DATA_DIR", tmp_path / "data")
+    with pytest.raises(SystemExit) as err:
+        main(["report", "--out", str(tmp_path / "r"), "--dataset", "mnist", "--no-progress"])
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.value.code == 2 and "network is unreachable" in message
+    assert "--dataset embedded" in message and "load_dataset" not in message

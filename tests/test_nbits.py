@@ -273,9 +273,10 @@ def test_cli_deploy_suite_lm_writes_rows_with_the_fields(tmp_path, monkeypatch, 
     from qlib.gpt import GPT, GPTConfig
 
     tiny = GPT(GPTConfig(vocab_size=12, block_size=16, n_layer=1, n_head=2, d_model=16))
-    monkeypatch.setattr(cli, "lm_suite", lambda **kw: lm_suite(((64, 128),), (1,), repeats=2,
-                                                              block_size=32, **kw))
-    monkeypatch.setattr(cli, "get_lm", lambda progress=True: (tiny, None))
+    # the command imports these after its output checks, so patch them where they live
+    monkeypatch.setattr("qlib.deploy_lm.lm_suite", lambda **kw: lm_suite(
+        ((64, 128),), (1,), repeats=2, block_size=32, **kw))
+    monkeypatch.setattr("qlib.lm.get_lm", lambda progress=True: (tiny, None))
     out = tmp_path / "lm.json"
     assert cli.main(["deploy", "--suite", "lm", "--json", str(out), "--no-progress"]) == 0
     rows = json.loads(out.read_text())

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch import nn
 
 import qlib
 from qlib import train as qtrain
@@ -196,3 +197,66 @@ def test_cached_baseline_does_not_depend_on_the_callers_thread_count(tmp_path):
         torch.set_num_threads(old)
     a, b = (m.state_dict() for m in models)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_unwritable_cache_keeps_the_trained_model_with_one_warning(tmp_path) -> None:
+    """A cache folder that cannot be written (its parent is a file; as root, permissions
+    would not stop a write) is found before training; the model is trained, returned, used."""
+    import warnings
+
+    from qlib.train import cached_training
+
+    (tmp_path / "file").write_text("")
+    calls = []
+
+    def build() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Linear(3, 2)
+
+    def train(net: nn.Module) -> None:
+        calls.append(1)
+        with torch.no_grad():
+            net.weight.fill_(0.5)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        net = cached_training("tiny", {"v": 1}, build, train, cache_dir=tmp_path / "file" / "c")
+    assert calls == [1] and torch.all(net.weight == 0.5)
+    assert len(caught) == 1 and "not saved" in str(caught[0].message)
+    assert "QLIB_DATA" in str(caught[0].message)
+
+
+def test_predict_refuses_a_model_that_outputs_nan() -> None:
+    from qlib.train import evaluate
+
+    loader = [(torch.zeros(4, 3), torch.zeros(4, dtype=torch.long))]
+    with pytest.raises(ValueError, match="not finite"):
+        evaluate(lambda x: torch.full((x.shape[0], 10), float("nan")), loader)
+
+
+def test_atomic_write_removes_temp_files_of_killed_writes_only_when_stale(tmp_path) -> None:
+    import os
+    import time
+
+    from qlib._util import STALE_TEMP_S, atomic_write
+
+    stale = tmp_path / ".model.pt.abc123.tmp"      # what a SIGKILLed write leaves
+    fresh = tmp_path / ".model.pt.def456.tmp"      # a write still in progress elsewhere
+    other = tmp_path / ".other.pt.xyz.tmp"         # another target's: not ours to remove
+    for f in (stale, fresh, other):
+        f.write_bytes(b"partial")
+    old = time.time() - STALE_TEMP_S - 60
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    with atomic_write(tmp_path / "model.pt") as tmp:
+        tmp.write_bytes(b"done")
+    assert not stale.exists() and fresh.exists() and other.exists()
+    assert (tmp_path / "model.pt").read_bytes() == b"done"
+
+
+def test_random_shift_refuses_inputs_that_are_not_images() -> None:
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\).*shape \(4, 784\).*max_shift=0"):
+        random_shift(torch.zeros(4, 784), 2)
+    with pytest.raises(ValueError, match="max_shift=-1"):
+        random_shift(torch.zeros(2, 1, 8, 8), -1)
+    assert torch.equal(random_shift(torch.ones(4, 784), 0), torch.ones(4, 784))

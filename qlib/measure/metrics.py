@@ -24,12 +24,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._util import check_int, check_logits
+
 __all__ = ["confusion_matrix", "classification_report", "top_k_accuracy", "agreement"]
 
 ArrayLike = Tensor | np.ndarray | Sequence[int]
 
 
 def _labels(x: ArrayLike, name: str) -> np.ndarray:
+    if x is None or isinstance(x, (str, bytes)):
+        raise TypeError(f"{name} must be 1-d integer class indices, got {type(x).__name__}")
     a = x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
     if a.ndim != 1:
         raise ValueError(f"{name} must be 1-d class indices, got shape {a.shape}")
@@ -41,8 +45,7 @@ def _labels(x: ArrayLike, name: str) -> np.ndarray:
 def confusion_matrix(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int) -> np.ndarray:
     """Counts (num_classes, num_classes): entry [i, j] = images of true class i predicted j."""
     t, p = _labels(y_true, "y_true"), _labels(y_pred, "y_pred")
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    num_classes = check_int(num_classes, "num_classes", 1)
     if t.shape != p.shape:
         raise ValueError(f"y_true and y_pred must have the same length, got {len(t)} and "
                          f"{len(p)}")
@@ -82,9 +85,8 @@ def classification_report(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int
 
 def top_k_accuracy(logits: Tensor, y_true: ArrayLike, k: int = 5) -> float:
     """Fraction of rows whose true class is among the k largest logits (N, classes)."""
-    if logits.ndim != 2:
-        raise ValueError(f"logits must be (N, classes), got shape {tuple(logits.shape)}")
-    if not 1 <= k <= logits.shape[1]:
+    check_logits(logits, "logits")  # a NaN logit would rank as the largest
+    if not 1 <= check_int(k, "k", 1) <= logits.shape[1]:
         raise ValueError(f"k must be in 1..{logits.shape[1]} (the class count), got {k}")
     t = torch.as_tensor(_labels(y_true, "y_true"))
     if len(t) != len(logits):

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._util import as_real_tensor, check_finite_number, check_int, check_logits
+
 __all__ = ["bootstrap_ci", "paired_bootstrap", "paired_mean_diff", "mcnemar", "output_kl",
            "expected_calibration_error", "reliability_bins", "imbalanced_indices"]
 
@@ -40,16 +42,27 @@ def _bool(x: BoolLike, name: str) -> np.ndarray:
     if a.ndim != 1 or a.size == 0:
         raise ValueError(f"{name} must be a non-empty 1-d array of per-image correctness, "
                          f"got shape {a.shape}")
-    if not np.isin(a, (0, 1)).all():
-        raise ValueError(f"{name} must hold only 0/1 or False/True (is the prediction right?)")
+    ok = np.isin(a, (0, 1))  # False for NaN, strings, None
+    if not ok.all():
+        raise ValueError(f"{name} must hold only 0/1 or False/True (is the prediction right?), "
+                         f"got {a[~ok].tolist()[0]!r}")
     return a.astype(bool)
 
 
+def _floats(v: object, name: str) -> np.ndarray:
+    a = as_real_tensor(v, name).detach().cpu().numpy() if isinstance(v, Tensor) else v
+    try:
+        if a is None or np.iscomplexobj(a):
+            raise TypeError
+        return np.asarray(a, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be real numbers (one value per item), got "
+                        f"{type(v).__name__}") from None
+
+
 def _check_boot(n_boot: int, confidence: float) -> None:
-    if n_boot < 100:
-        raise ValueError(f"n_boot must be >= 100 for a usable interval, got {n_boot}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    check_int(n_boot, "n_boot (resamples; fewer give no usable interval)", 100)
+    check_finite_number(confidence, "confidence", 0, 1, strict=True)
 
 
 def bootstrap_ci(correct: BoolLike, *, n_boot: int = 2000, confidence: float = 0.95,
@@ -103,8 +116,7 @@ def paired_mean_diff(a: Tensor | np.ndarray | Sequence[float],
     >>> r["diff"], r["low"], r["high"], r["p_value"]
     (0.5, 0.5, 0.5, 0.0)
     """
-    x = [np.asarray(v.detach().cpu().numpy() if isinstance(v, Tensor) else v, dtype=np.float64)
-         for v in (a, b)]
+    x = [_floats(a, "a"), _floats(b, "b")]
     if x[0].ndim != 1 or x[0].shape != x[1].shape or not len(x[0]):
         raise ValueError(f"a and b must be 1-D, non-empty and of the same length (one value per "
                          f"item), got shapes {x[0].shape} and {x[1].shape}")
@@ -138,9 +150,11 @@ def mcnemar(correct_a: BoolLike, correct_b: BoolLike) -> dict:
 
 def output_kl(logits_ref: Tensor, logits_other: Tensor) -> float:
     """Mean over images of KL(softmax(ref) || softmax(other)) in nats; 0 when they agree."""
-    if logits_ref.shape != logits_other.shape or logits_ref.ndim != 2:
-        raise ValueError(f"logits must both be (N, classes), got {tuple(logits_ref.shape)} "
-                         f"and {tuple(logits_other.shape)}")
+    check_logits(logits_ref, "logits_ref")
+    check_logits(logits_other, "logits_other")
+    if logits_ref.shape != logits_other.shape:
+        raise ValueError(f"logits must both be (N, classes) of the same shape, got "
+                         f"{tuple(logits_ref.shape)} and {tuple(logits_other.shape)}")
     log_p = torch.log_softmax(logits_ref.double(), 1)
     log_q = torch.log_softmax(logits_other.double(), 1)
     return float((log_p.exp() * (log_p - log_q)).sum(1).mean())
@@ -152,11 +166,14 @@ def reliability_bins(logits: Tensor, labels: Tensor, n_bins: int = 15) -> dict:
     Confidence is the top softmax probability; bin m holds confidences in
     ((m-1)/n_bins, m/n_bins]. Empty bins have count 0 and NaN means.
     """
-    if n_bins < 1:
-        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
-    if logits.ndim != 2 or len(logits) != len(labels):
+    check_int(n_bins, "n_bins", 1)
+    check_logits(logits, "logits")
+    labels = as_real_tensor(labels, "labels")
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise TypeError(f"labels must hold integer class indices, got {labels.dtype}")
+    if labels.shape != logits.shape[:1]:
         raise ValueError(f"logits must be (N, classes) with N labels, got "
-                         f"{tuple(logits.shape)} and {len(labels)} labels")
+                         f"{tuple(logits.shape)} and labels of shape {tuple(labels.shape)}")
     probs = torch.softmax(logits.double(), 1)
     conf, pred = probs.max(1)
     right = (pred == labels).double()
@@ -183,7 +200,10 @@ def imbalanced_indices(labels: Tensor, fractions: Sequence[float], *, seed: int 
     Used in notebook 07 to make an imbalanced test split on purpose, where accuracy and
     macro F1 disagree. ``fractions`` has one entry in [0, 1] per class.
     """
-    labels = torch.as_tensor(labels)
+    labels = as_real_tensor(labels, "labels")
+    if labels.numel() == 0 or labels.is_floating_point() or labels.min() < 0:
+        raise ValueError(f"labels must be a non-empty tensor of class indices >= 0, got "
+                         f"{labels.numel()} values of {labels.dtype}")
     if any(not 0 <= f <= 1 for f in fractions):
         raise ValueError(f"fractions must lie in [0, 1], got {list(fractions)}")
     if int(labels.max()) >= len(fractions):

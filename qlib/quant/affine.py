@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._util import check_bits, check_finite, check_tensor
+from .._util import as_real_tensor, check_bits, check_finite, check_tensor
 
 __all__ = ["qrange", "choose_qparams", "quantize", "dequantize", "fake_quantize", "minmax",
            "broadcast_qparam", "EPS"]
@@ -64,8 +64,8 @@ def choose_qparams(x_min: Tensor | float, x_max: Tensor | float, bits: int, *,
     (tensor(0.0157), tensor(64))
     """
     qmin, qmax = qrange(bits, signed)
-    lo = torch.as_tensor(x_min, dtype=torch.float32)
-    hi = torch.as_tensor(x_max, dtype=torch.float32)
+    lo = as_real_tensor(x_min, "x_min").to(torch.float32)
+    hi = as_real_tensor(x_max, "x_max").to(torch.float32)
     if lo.shape != hi.shape:
         raise ValueError(f"x_min and x_max must have the same shape, got "
                          f"{tuple(lo.shape)} and {tuple(hi.shape)}")
@@ -136,8 +136,7 @@ def minmax(x: Tensor, *, axis: int | None = None, group_size: int | None = None
     >>> minmax(torch.tensor([[0., 1., 0., 4.]]), group_size=2)
     (tensor([[0., 0.]]), tensor([[1., 4.]]))
     """
-    x = torch.as_tensor(x)
-    check_finite(x)
+    x = check_finite(as_real_tensor(x, "x"))
     x = x.detach().float()
     if group_size is not None:
         if axis is not None:
@@ -154,17 +153,33 @@ def minmax(x: Tensor, *, axis: int | None = None, group_size: int | None = None
     return flat.amin(1), flat.amax(1)
 
 
-def _check_qparams(scale: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> None:
-    scale = torch.as_tensor(scale)
-    check_finite(scale, "scale")
-    if not bool((scale > 0).all()):
-        raise ValueError(f"scale must be positive (> 0), got min {scale.min().item():.3g}")
-    zp = torch.as_tensor(zero_point)
-    if zp.is_floating_point() and not bool((zp == torch.round(zp)).all()):
-        raise ValueError("zero_point must hold whole numbers")
-    if not bool(((zp >= qmin) & (zp <= qmax)).all()):
-        raise ValueError(f"zero_point must lie in qrange = [{qmin}, {qmax}], got "
-                         f"[{zp.min().item()}, {zp.max().item()}]")
+def _qparams(scale: Tensor | float, zero_point: Tensor | int,
+             limits: tuple[int, int] | None) -> tuple[Tensor, Tensor]:
+    """scale and zero_point as real tensors, checked with one host sync on the good path:
+    scale finite and > 0, zero_point whole numbers (inside ``limits`` = (qmin, qmax) when
+    given). A bad value would shift or collapse the grid without a visible error (scale 0
+    turns every value into 0), so this check stays even in training loops; it costs
+    O(number of qparams), not O(x)."""
+    scale = as_real_tensor(scale, "scale")
+    zero_point = as_real_tensor(zero_point, "zero_point")
+    s, z = scale.detach(), zero_point.detach()  # checked without gradients, returned as given
+    ok = torch.isfinite(s).all() & (s > 0).all()
+    if z.is_floating_point():
+        ok &= (z == torch.round(z)).all()  # False for NaN too
+    if limits is not None:
+        ok &= ((z >= limits[0]) & (z <= limits[1])).all()
+    if bool(ok):
+        return scale, zero_point
+    check_finite(s, "scale")
+    if not bool((s > 0).all()):
+        raise ValueError(f"scale must be positive (> 0), got min {s.min().item():.3g}")
+    if z.is_floating_point() and not bool((z == torch.round(z)).all()):
+        bad = z[z != torch.round(z)].flatten()[0].item()
+        raise ValueError(f"zero_point must hold whole numbers (an integer offset on the grid), "
+                         f"got {bad}")
+    assert limits is not None  # the only check left that can have failed
+    raise ValueError(f"zero_point must lie in qrange = [{limits[0]}, {limits[1]}], got "
+                     f"[{z.min().item()}, {z.max().item()}]")
 
 
 def _round_clamp(x: Tensor, scale: Tensor, zp: Tensor, qmin: int, qmax: int
@@ -188,9 +203,8 @@ def quantize(x: Tensor, scale: Tensor, zero_point: Tensor, bits: int, *,
     tensor([ 0,  1, -4], dtype=torch.int32)
     """
     qmin, qmax = qrange(bits, signed)
-    x = check_tensor(x, "x")
-    check_finite(x)
-    _check_qparams(scale, zero_point, qmin, qmax)
+    x = check_finite(check_tensor(x, "x"))  # NaN would cast to an arbitrary int32
+    scale, zero_point = _qparams(scale, zero_point, (qmin, qmax))
     g = _groups(x, group_size)
     s = broadcast_qparam(scale, x, axis, group_size, "scale")
     z = broadcast_qparam(zero_point, x, axis, group_size, "zero_point")
@@ -207,15 +221,13 @@ def dequantize(q: Tensor, scale: Tensor, zero_point: Tensor, *, axis: int | None
     tensor([ 0.0000,  0.2500, -1.0000])
     """
     q = check_tensor(q, "q")
-    if q.is_floating_point() and not bool((q == torch.round(q)).all()):
-        raise ValueError("q must hold whole numbers (integer codes), got fractions or NaN")
+    if q.is_floating_point() and not bool((torch.isfinite(q) & (q == torch.round(q))).all()):
+        check_finite(q, "q")
+        bad = q[q != torch.round(q)].flatten()[0].item()
+        raise ValueError(f"q must hold whole numbers (integer codes), got {bad}")
+    scale, zero_point = _qparams(scale, zero_point, None)
     s = broadcast_qparam(scale, q, axis, group_size, "scale").float()
     z = broadcast_qparam(zero_point, q, axis, group_size, "zero_point")
-    check_finite(s, "scale")
-    if not bool((s > 0).all()):
-        raise ValueError("scale must be positive (> 0)")
-    if z.is_floating_point() and not bool((z == torch.round(z)).all()):
-        raise ValueError("zero_point must hold whole numbers")
     return ((_groups(q, group_size).float() - z.float()) * s).reshape(q.shape)
 
 
@@ -235,9 +247,9 @@ def fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor, bits: int, *,
     (tensor([0.0000, 0.5000, 3.5000]), tensor([1., 1., 0.]))
     """
     qmin, qmax = qrange(bits, signed)
-    x = check_tensor(x, "x")
-    check_finite(x)
-    _check_qparams(scale, zero_point, qmin, qmax)
+    # O(1) type check; one pass for NaN / Inf (Inf would silently clamp to qmax)
+    x = check_finite(check_tensor(x, "x"))
+    scale, zero_point = _qparams(scale, zero_point, (qmin, qmax))
     s = broadcast_qparam(scale, x, axis, group_size, "scale").detach().float()
     z = broadcast_qparam(zero_point, x, axis, group_size, "zero_point").detach()
     q, inside = _round_clamp(_groups(x.detach(), group_size), s, z, qmin, qmax)

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from torch import nn
 
 from ..data import Splits, calibration_batches
-from .._util import WEIGHT_LAYERS, check_bits
+from .._util import WEIGHT_LAYERS, check_bits, check_finite_number, check_int
 from ..train import evaluate
 from .fakequant import calibrate, fold_batchnorm, freeze, quant_layers, quantize_model
 from .observers import ObserverSpec
@@ -101,8 +101,19 @@ def assign_bits(sensitivity: Mapping[str, Mapping[int, float]], counts: Mapping[
     >>> assign_bits({"a": {2: .30, 8: 0}, "b": {2: .01, 8: 0}}, {"a": 100, "b": 100}, 125)
     {'a': 8, 'b': 2}
     """
+    budget_bytes = check_finite_number(budget_bytes, "budget_bytes", 0, strict=True)
+    if not sensitivity:
+        raise ValueError("sensitivity is empty: pass {layer: {bits: accuracy drop}} for at "
+                         "least one layer (from layer_sensitivity)")
     if set(sensitivity) - set(counts):
         raise ValueError(f"no weight count for layers {sorted(set(sensitivity) - set(counts))}")
+    for n, drops in sensitivity.items():
+        if not drops:
+            raise ValueError(f"sensitivity[{n!r}] is empty: measure at least one bit width")
+        for b, d in drops.items():
+            check_bits(b, f"the bit widths of sensitivity[{n!r}]")
+            check_finite_number(d, f"sensitivity[{n!r}][{b}] (an accuracy drop)")
+        check_int(counts[n], f"counts[{n!r}] (weights in the layer)", 1)
     widths = {n: sorted(d) for n, d in sensitivity.items()}
     plan = {n: w[-1] for n, w in widths.items()}
 
