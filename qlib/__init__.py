@@ -4,7 +4,7 @@ One module, one idea, in one-way layers: a module imports only from layers below
 (``tests/test_layering.py`` holds this, and that nothing imports another module's
 ``_private`` names):
 
-    _util                     seeding, argument checks, atomic writes, the layer walk
+    _util  _files             seeding, argument checks, the layer walk; atomic writes
     measure/  codec/          what is measured (latency, size, footprint, metrics, stats,
                               roofline) and how numbers become bytes (bits, Huffman,
                               the container format); neither needs the core

@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import data as qdata
-from ._util import markdown_table, writable_dir_problem
+from ._files import writable_dir_problem
+from ._util import markdown_table
 from .data import DATASETS, CorruptDataError, DownloadError
 from .models import MODELS
 

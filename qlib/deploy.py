@@ -46,7 +46,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ._util import atomic_write, set_seed
+from ._files import atomic_write
+from ._util import set_seed
 from . import data as qdata
 from .data import calibration_batches
 from .measure import interleaved_latency, model_size_bytes

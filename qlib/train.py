@@ -30,7 +30,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ._util import LossFn, atomic_write, set_seed, writable_dir_problem
+from ._files import atomic_write, writable_dir_problem
+from ._util import LossFn, set_seed
 from .data import DATA_DIR, Splits, load_dataset
 from .measure.metrics import classification_report
 from .measure.roofline import pinned_threads

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent / "qlib"
 
 #: Layers, bottom first: a module may import from its own layer or any layer before it.
 LAYERS: list[tuple[str, ...]] = [
-    ("qlib", "qlib._util"),                                  # the root and its helpers
+    ("qlib", "qlib._util", "qlib._files"),                   # the root and its helpers
     ("qlib.measure", "qlib.codec"),                          # measured / coded: no core
     ("qlib.data", "qlib.models", "qlib.train", "qlib.text", "qlib.gpt", "qlib.lm"),  # core
     ("qlib.quant", "qlib.prune", "qlib.distill", "qlib.distill_lm"),  # the techniques

@@ -238,7 +238,7 @@ def test_atomic_write_removes_temp_files_of_killed_writes_only_when_stale(tmp_pa
     import os
     import time
 
-    from qlib._util import STALE_TEMP_S, atomic_write
+    from qlib._files import STALE_TEMP_S, atomic_write
 
     stale = tmp_path / ".model.pt.abc123.tmp"      # what a SIGKILLed write leaves
     fresh = tmp_path / ".model.pt.def456.tmp"      # a write still in progress elsewhere

@@ -39,7 +39,8 @@ import torch
 from onnx import TensorProto, helper
 from torch import Tensor
 
-from .._util import atomic_write, check_int
+from .._files import atomic_write
+from .._util import check_int
 from ..quant.affine import choose_qparams, minmax, quantize
 
 __all__ = ["NBitsWeight", "quantize_blockwise", "pack_nbits", "unpack_nbits",

@@ -39,7 +39,7 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
                                       quantize_static)
 from torch import Tensor, nn
 
-from .._util import atomic_write
+from .._files import atomic_write
 
 __all__ = ["export_onnx", "OrtModel", "TensorCalibrationReader", "quantize_static_ort",
            "quantize_dynamic_ort", "onnx_op_counts", "ACTIVATION_TYPES"]
