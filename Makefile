@@ -6,14 +6,16 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 OUT    ?= reports/latest
 NB_TIMEOUT ?= 300
+CLASSROOM ?= classroom
 
-.PHONY: help lab test unit notebooks report workbook clean
+.PHONY: help lab test unit notebooks report workbook classroom clean
 
 help:
 	@echo "make lab     - start JupyterLab on notebooks/"
 	@echo "make test    - run every test: qlib unit tests and every notebook (nbval)"
 	@echo "make report  - evaluate the baseline and every recipe into $(OUT)/"
 	@echo "make workbook - write the student copies notebooks/workbook/NN_*.ipynb"
+	@echo "make classroom - write the nbgrader course $(CLASSROOM)/ (GRADE_WRITTEN=1: grade written answers)"
 	@echo "make clean   - remove .venv and cached models (data/ keeps its README)"
 
 $(STAMP): requirements.txt pyproject.toml
@@ -41,6 +43,9 @@ report: $(STAMP)
 
 workbook: $(STAMP)
 	$(BIN)/python -m qlib workbook
+
+classroom: $(STAMP)
+	$(BIN)/python -m qlib workbook --nbgrader $(CLASSROOM) $(if $(GRADE_WRITTEN),--grade-written)
 
 clean:
 	rm -rf $(VENV) data/models reports

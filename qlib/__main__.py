@@ -3,7 +3,8 @@
     report    evaluate the baseline and every recipe into DIR (report.json, report.md, PNGs)
     list      name every recipe, its technique and what it does
     deploy    the deploy benchmark: fp32 and int8 runtimes side by side (notebook 03)
-    workbook  write (or --check) the student copies of the notebooks
+    workbook  write (or --check) the student copies of the notebooks, or with
+              --nbgrader DIR the same exercises as an nbgrader course
 
 Output locations (``--out``, ``--json``, the cache folder under ``data/``) are checked
 before any work starts, and before the heavy modules (ONNX, nbformat) are imported, so a
@@ -66,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
     wb.add_argument("--src", default=None,
                     help="instructor notebooks folder (default: the course's notebooks/)")
     wb.add_argument("--out", default=None, help="student copies (default SRC/workbook)")
+    wb.add_argument("--nbgrader", metavar="DIR", default=None,
+                    help="write the nbgrader course into DIR instead (nbgrader_config.py, "
+                         "source/NN_*/; see the README's \"Teaching with nbgrader\")")
+    wb.add_argument("--grade-written", action="store_true",
+                    help="with --nbgrader: the written answers are graded by hand")
     return parser
 
 
@@ -80,6 +86,13 @@ def _check_outputs(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
             parser.error(f"--json: {path} is a folder; give a file name such as {path}/rows.json")
         if why := writable_dir_problem(path.parent):
             parser.error(f"--json: {why}")
+    if args.command == "workbook":
+        if args.grade_written and not args.nbgrader:
+            parser.error("--grade-written goes with --nbgrader DIR")
+        if args.nbgrader and (args.check or args.out):
+            parser.error("--nbgrader writes a course: it takes neither --check nor --out")
+        if args.nbgrader and (why := writable_dir_problem(Path(args.nbgrader))):
+            parser.error(f"--nbgrader: {why}")
     # report and deploy may train (the baseline, the LM, QAT recipes) and export ONNX files
     # into the data folder: a model trained for minutes and then not saved is lost work.
     if args.command in ("report", "deploy") and (why := writable_dir_problem(qdata.DATA_DIR)):
@@ -154,6 +167,17 @@ def _deploy(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def _workbook(args: argparse.Namespace) -> int:
     # heavy (nbformat validates with jsonschema, seconds to import): only this command needs it
     from .course.workbook import NOTEBOOKS, generate
+    if args.nbgrader:
+        from .course.classroom import write_course  # nbformat too, as above
+        try:
+            course = write_course(args.nbgrader, args.src or NOTEBOOKS,
+                                  grade_written=args.grade_written)
+        except ValueError as err:
+            print(f"workbook: {err}", file=sys.stderr)
+            return 1
+        for name, points in course.items():
+            print(f"{points:3d} points  {Path(args.nbgrader) / 'source' / name}")
+        return 0
     try:
         states = generate(args.src or NOTEBOOKS, args.out, check=args.check)
     except ValueError as err:

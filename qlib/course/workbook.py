@@ -34,6 +34,8 @@ Conventions for exercises (an instructor notebook's "## Exercises" section, afte
    builder so that a stub ``__init__`` reads "not attempted"), ``check_value``.
 5. At least three code exercises per notebook (three to five in all); run
    ``make workbook`` after editing one. Notebook 00's exercises are the worked example.
+
+``qlib.course.classroom`` (``make classroom``) writes the same exercises as an nbgrader course.
 """
 
 from __future__ import annotations
@@ -44,8 +46,9 @@ from pathlib import Path
 
 import nbformat
 
-__all__ = ["strip_code", "strip_markdown", "student_notebook", "generate",
-           "BEGIN", "END", "BEGIN_HIDDEN", "END_HIDDEN", "STUB"]
+__all__ = ["strip_code", "strip_markdown", "student_notebook", "generate", "enclosing_def",
+           "has_exercises", "instructor_notebooks", "BEGIN", "END", "BEGIN_HIDDEN",
+           "END_HIDDEN", "STUB", "ANSWER", "BANNER_ID"]
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
@@ -60,7 +63,7 @@ def _indent(line: str) -> int:
     return len(line) - len(line.lstrip())
 
 
-def _enclosing_def(lines: list[str], i: int) -> str | None:
+def enclosing_def(lines: list[str], i: int) -> str | None:
     """Name of the innermost ``def`` enclosing line i (by indentation), or None."""
     level = _indent(lines[i])
     for line in reversed(lines[:i]):
@@ -108,7 +111,7 @@ def strip_code(source: str, where: str = "cell") -> tuple[str, int]:
     for b, e in _blocks(lines, BEGIN_HIDDEN, END_HIDDEN, where):
         drop.update(range(b, e + 1))
     for b, e in _blocks(lines, BEGIN, END, where):
-        name = _enclosing_def(lines, b)
+        name = enclosing_def(lines, b)
         if name is None:
             raise ValueError(f"{where}: the solution on line {b + 1} is not inside a def; "
                              "put each code solution in a function body so that the student "
@@ -168,8 +171,14 @@ def student_notebook(nb: nbformat.NotebookNode, name: str = "notebook"
     return student, total
 
 
-def _instructor_notebooks(src: Path) -> list[Path]:
+def instructor_notebooks(src: Path) -> list[Path]:
+    """The numbered notebooks ``NN_*.ipynb`` in ``src``, in order."""
     return sorted(p for p in src.glob("[0-9][0-9]_*.ipynb") if p.is_file())
+
+
+def has_exercises(nb: nbformat.NotebookNode) -> bool:
+    """Whether any cell of ``nb`` holds a SOLUTION block (code or written)."""
+    return any(line.strip() == BEGIN for c in nb.cells for line in c.source.split("\n"))
 
 
 def generate(src: str | Path = NOTEBOOKS, out: str | Path | None = None, *,
@@ -185,12 +194,11 @@ def generate(src: str | Path = NOTEBOOKS, out: str | Path | None = None, *,
     if not src.is_dir():
         raise ValueError(f"no notebooks folder at {src}")
     states: dict[str, str] = {}
-    for path in _instructor_notebooks(src):
+    for path in instructor_notebooks(src):
         nb = nbformat.read(path, as_version=4)
         student, stubs = student_notebook(nb, path.name)
         target = out / path.name
-        if stubs == 0 and not any(line.strip() == BEGIN for c in nb.cells
-                                  for line in c.source.split("\n")):
+        if stubs == 0 and not has_exercises(nb):
             states[path.name] = "orphan" if target.exists() else "no exercises"
             continue
         text = nbformat.writes(student) + "\n"
@@ -203,7 +211,7 @@ def generate(src: str | Path = NOTEBOOKS, out: str | Path | None = None, *,
             out.mkdir(parents=True, exist_ok=True)
             target.write_text(text, encoding="utf-8")
             states[path.name] = "written"
-    for old_copy in _instructor_notebooks(out) if out.is_dir() else []:
+    for old_copy in instructor_notebooks(out) if out.is_dir() else []:
         if old_copy.name not in states:
             states[old_copy.name] = "orphan"
     return states
