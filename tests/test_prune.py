@@ -106,6 +106,69 @@ def test_global_pruning_spreads_unevenly_layerwise_evenly(baseline: nn.Module) -
     assert glob["classifier.2"] > 0.8 > glob["features.0"]
 
 
+
+def _greedy_capped(weights: dict[str, torch.Tensor], k: int, ceiling: float) -> dict[str, int]:
+    """Reference: walk all |w| from the smallest, skip a layer once it holds its cap."""
+    caps = {n: math.floor(ceiling * w.numel() + 1e-9) for n, w in weights.items()}
+    items = sorted((float(v), n) for n, w in weights.items() for v in w.abs().flatten())
+    taken = dict.fromkeys(weights, 0)
+    for _, name in items:
+        if sum(taken.values()) == k:
+            break
+        if taken[name] < caps[name]:
+            taken[name] += 1
+    return taken
+
+
+@pytest.mark.parametrize("ceiling", [0.5, 0.8, 0.99])
+def test_global_masks_ceiling_equals_a_greedy_reference(ceiling: float) -> None:
+    model = nn.Sequential(nn.Linear(20, 10), nn.Linear(10, 8), nn.Linear(8, 3))
+    with torch.no_grad():  # layers of very different scale, as fan-in makes them
+        model[1].weight.mul_(0.05)
+        model[2].weight.mul_(0.01)
+    weights = {n: m.weight.detach() for n, m in prunable_layers(model).items()}
+    for amount in (0.3, 0.5):
+        masks = global_masks(model, amount, max_layer_sparsity=ceiling)
+        k = round(amount * sum(w.numel() for w in weights.values()))
+        pruned = {n: int((~m).sum()) for n, m in masks.items()}
+        assert pruned == _greedy_capped(weights, k, ceiling)
+        for name, mask in masks.items():  # within a layer: the smallest |w| go
+            w = weights[name]
+            if (~mask).any() and mask.any():
+                assert w[~mask].abs().max() <= w[mask].abs().min()
+    with pytest.raises(ValueError, match=r"max_layer_sparsity=0.5 .*allows at most 152"):
+        global_masks(model, 0.6, max_layer_sparsity=0.5)
+
+
+def test_global_pruning_keeps_every_mobilenet_v2_layer_alive() -> None:
+    tv = pytest.importorskip("torchvision")
+    model = tv.models.mobilenet_v2(num_classes=10)
+    uncapped = global_masks(model, 0.9, max_layer_sparsity=1.0)
+    assert sum(int(m.sum()) == 0 for m in uncapped.values()) == 15  # classifier.1 among them
+    assert int(uncapped["classifier.1"].sum()) == 0
+    masks = magnitude_prune(model, 0.9, scope="global")  # the default ceiling, 0.99
+    assert all(int(m.sum()) > 0 for m in masks.values())
+    total = sum(m.numel() for m in masks.values())
+    assert sum(int((~m).sum()) for m in masks.values()) == round(0.9 * total)
+    assert all(int((~m).sum()) <= 0.99 * m.numel() for m in masks.values())
+    masks = global_masks(model, 0.9, max_layer_sparsity=0.95)
+    assert all(int((~m).sum()) <= 0.95 * m.numel() for m in masks.values())
+
+
+def test_nan_or_inf_weights_are_refused_naming_them() -> None:
+    with pytest.raises(ValueError, match="weight holds NaN or Inf"):
+        magnitude_mask(torch.tensor([1.0, float("nan"), 2.0]), 0.5)
+    with pytest.raises(ValueError, match="weight holds NaN or Inf"):
+        magnitude_mask(torch.tensor([1.0, float("inf")]), 0.5)
+    model = course_model()
+    with torch.no_grad():
+        model.classifier[2].weight[0, 0] = float("nan")
+    for fn in (global_masks, layerwise_masks, magnitude_prune):
+        with pytest.raises(ValueError, match="weight of layer 'classifier.2' holds NaN"):
+            fn(model, 0.5)
+    with pytest.raises(ValueError, match="max_layer_sparsity must be in"):
+        global_masks(course_model(), 0.5, max_layer_sparsity=1.5)
+
 def test_layerwise_dict_and_unknown_names() -> None:
     model = course_model()
     masks = layerwise_masks(model, {"classifier.2": 0.5})

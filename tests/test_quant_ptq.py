@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
+import warnings
 
 import numpy as np
 import pytest
@@ -12,10 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from qlib.models import course_model, mlp
-from qlib.quant import (QuantConv2d, QuantLinear, assign_bits, calibrate, choose_qparams,
-                        fold_batchnorm, freeze, kmeans_codebook, kmeans_quantize_model,
-                        pack_bits, packed_size_bytes, packed_state, quant_layers,
-                        quantize_model, unpack_bits, unpack_state)
+from qlib.quant import (QuantConv2d, QuantLinear, assign_bits, batchnorm_layers, calibrate,
+                        choose_qparams, fold_batchnorm, freeze, kmeans_codebook,
+                        kmeans_quantize_model, pack_bits, packed_size_bytes, packed_state,
+                        quant_layers, quantize_model, unpack_bits, unpack_state)
 from qlib.quant.ptq import accuracy_on, layer_sensitivity, ptq
 
 
@@ -47,6 +48,113 @@ def test_fold_batchnorm_preserves_outputs():
     with torch.no_grad():
         assert torch.allclose(fold_batchnorm(seq)(xs), seq(xs), atol=1e-5)
 
+
+
+def _with_running_stats(model: nn.Module, shape: tuple, seed: int = 0) -> nn.Module:
+    """A few train-mode batches give every BatchNorm non-trivial running statistics."""
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(*shape, generator=g) * 2 + 0.5)
+    return model.eval()
+
+
+def _batchnorms(model: nn.Module) -> list[str]:
+    return list(batchnorm_layers(model))
+
+
+def test_fold_batchnorm_traces_a_torchvision_resnet18():
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = _with_running_stats(tv.models.resnet18(num_classes=10), (4, 3, 32, 32))
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    assert len(_batchnorms(model)) == 20
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every BN folds: no warning
+        folded = fold_batchnorm(model)
+    assert _batchnorms(folded) == [] and len(_batchnorms(model)) == 20  # a copy
+    assert type(folded).__name__ == "ResNet" and isinstance(folded.layer1[0].bn1, nn.Identity)
+    assert folded.layer2[0].downsample[0].bias is not None  # the 1x1 shortcut conv too
+    with torch.no_grad():
+        ref, out = model(x), folded(x)
+    assert torch.allclose(out, ref, rtol=1e-4, atol=1e-4), (out - ref).abs().max()
+
+
+class _Mixed(nn.Module):
+    """Conv1d -> BN1d and a non-affine BN2d outside any Sequential, a BN after an add."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(4, affine=False)
+        self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.bn_dw = nn.BatchNorm2d(4)
+        self.after_add = nn.BatchNorm2d(4)
+        self.seq = nn.Conv1d(4, 6, 3, padding=1)
+        self.bn_seq = nn.BatchNorm1d(6)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.conv(x)))
+        x = self.after_add(x + self.bn_dw(self.dw(x)))
+        return self.bn_seq(self.seq(x.flatten(2)))
+
+
+def test_fold_batchnorm_conv1d_non_affine_and_a_bn_after_an_add():
+    torch.manual_seed(0)
+    model = _with_running_stats(_Mixed(), (4, 3, 5, 5))
+    for bn in (model.bn_dw, model.after_add, model.bn_seq):
+        bn.weight.data.uniform_(0.5, 2)
+        bn.bias.data.uniform_(-1, 1)
+    x = torch.randn(2, 3, 5, 5, generator=torch.Generator().manual_seed(1))
+    with pytest.warns(UserWarning, match=r"left 1 BatchNorm.*'after_add': its input is the "
+                                         r"result of add\(\)"):
+        folded = fold_batchnorm(model)
+    assert _batchnorms(folded) == ["after_add"]
+    with torch.no_grad():
+        assert torch.allclose(folded(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+class _Untraceable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+        self.conv, self.bn = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        x = self.features(x)
+        if x.sum() > 0:  # data-dependent control flow: fx cannot trace this
+            x = -x
+        return self.bn(self.conv(x))
+
+
+def test_fold_batchnorm_falls_back_to_sequential_pairs_and_says_so():
+    torch.manual_seed(0)
+    model = _with_running_stats(_Untraceable(), (4, 3, 6, 6))
+    x = torch.randn(2, 3, 6, 6)
+    with pytest.warns(UserWarning, match=r"'bn': torch.fx could not trace _Untraceable"):
+        folded = fold_batchnorm(model)
+    assert _batchnorms(folded) == ["bn"]
+    with torch.no_grad():
+        assert torch.allclose(folded(x), model(x), atol=1e-5, rtol=1e-5)
+    no_stats = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False))
+    with pytest.warns(UserWarning, match="'1': it has no running statistics"):
+        assert _batchnorms(fold_batchnorm(no_stats)) == ["1"]
+    with pytest.raises(ValueError, match=r"cannot fold '1' into '0': the BatchNorm has 5 "
+                                         r"features but the conv 4 output channels"):
+        fold_batchnorm(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(5)))
+
+
+def test_fold_batchnorm_folds_qlibs_own_resnet18():
+    torch.manual_seed(0)
+    from qlib.models import resnet18
+
+    model = _with_running_stats(resnet18(num_classes=10), (2, 3, 32, 32))
+    folded = fold_batchnorm(model)
+    assert _batchnorms(folded) == []
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(folded(x), model(x), rtol=1e-4, atol=1e-4)
 
 def test_quantize_model_swaps_layers_and_copies():
     model = course_model().eval()

@@ -11,7 +11,8 @@ Modules, one idea each:
                 (axis) / per-group (group_size) granularity               (notebook 01)
     formats     fixed point (scale 2^-b), fp16 / bf16 round trips, SQNR    (notebook 01)
     observers   range setting: min-max, moving average, percentile, MSE, KL (notebook 02)
-    fakequant   QuantConv2d / QuantLinear, quantize_model, BN folding       (notebook 02)
+    fold        BN folding into the preceding conv, pairs found with torch.fx (notebook 02)
+    fakequant   QuantConv2d / QuantLinear, quantize_model                  (notebook 02)
     packing     bit-packed storage: the real size of a quantized model      (notebook 02)
     kmeans      k-means weight sharing with a 2^b codebook                  (notebook 02)
     ptq         the PTQ flow, sensitivity, mixed precision                  (notebook 02)
@@ -38,6 +39,7 @@ from .affine import (EPS, broadcast_qparam, choose_qparams, dequantize, fake_qua
 from .fakequant import (SUPPORTED, QuantConv2d, QuantLayer, QuantLinear, calibrate,
                         fold_batchnorm, freeze, quant_layers, quantize_model, supported_layers,
                         wrapper_for)
+from .fold import FOLDABLE, batchnorm_layers, fold_conv_bn, foldable_pairs
 from .formats import fixed_point_qparams, float_roundtrip, sqnr_db
 from .kmeans import kmeans_codebook, kmeans_quantize_model
 from .observers import (OBSERVERS, KLObserver, MinMaxObserver, MovingAverageMinMaxObserver,
@@ -67,6 +69,8 @@ __all__ = [
     # fake quant
     "QuantLayer", "QuantConv2d", "QuantLinear", "SUPPORTED", "quantize_model", "quant_layers",
     "fold_batchnorm", "calibrate", "freeze", "supported_layers", "wrapper_for",
+    # BN folding
+    "fold_conv_bn", "foldable_pairs", "batchnorm_layers", "FOLDABLE",
     # storage, k-means, PTQ
     "pack_bits", "unpack_bits", "packed_state", "unpack_state", "packed_size_bytes",
     "serialized_size", "kmeans_codebook", "kmeans_quantize_model",

@@ -8,7 +8,7 @@ tensor set by an observer). The arithmetic stays float, but every value it sees 
 
 Life of a quantized model (the PTQ flow of :mod:`qlib.quant.ptq`)::
 
-    model = fold_batchnorm(model)                       # conv + BN -> one conv
+    model = fold_batchnorm(model)                       # conv + BN -> one conv (fold.py)
     qmodel = quantize_model(model, 8, act_bits=8)       # swap layers, insert observers
     calibrate(qmodel, batches)                          # observers watch float activations
     freeze(qmodel)                                      # ranges -> scale, zero point
@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from .._util import batch_inputs, check_bits, set_submodule, weight_layers
 from .affine import fake_quantize, quantize
+from .fold import fold_batchnorm  # re-exported: folding is step 1 of the PTQ flow
 from .observers import ObserverSpec, make_observer
 
 __all__ = ["QuantLayer", "QuantConv2d", "QuantLinear", "quantize_model", "quant_layers",
@@ -211,45 +212,6 @@ def quantize_model(model: nn.Module, weight_bits: int | Mapping[str, int],
 def quant_layers(model: nn.Module) -> dict[str, QuantLayer]:
     """The fake-quant wrappers of a model by name (``"features.0"`` ...)."""
     return {n: m for n, m in model.named_modules() if isinstance(m, QuantLayer)}
-
-
-@torch.no_grad()
-def fold_batchnorm(model: nn.Module, *, inplace: bool = False) -> nn.Module:
-    """Fold each Conv2d directly followed by a BatchNorm2d inside an ``nn.Sequential``.
-
-    With s = gamma / sqrt(running_var + eps) (one per output channel)::
-
-        W' = W * s[:, None, None, None],   b' = (b - running_mean) * s + beta
-
-    and the BatchNorm2d becomes ``nn.Identity`` (indices kept). Same outputs as the model
-    in eval mode (BN uses running statistics there). Returns a copy unless ``inplace``.
-    Introduced in notebook 02.
-
-    >>> from qlib.models import course_model
-    >>> sum(isinstance(m, nn.BatchNorm2d) for m in fold_batchnorm(course_model()).modules())
-    0
-    """
-    model = model if inplace else copy.deepcopy(model)
-    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
-        names = list(seq._modules)
-        for a, b in zip(names, names[1:]):
-            conv, bn = seq._modules[a], seq._modules[b]
-            if not (type(conv) is nn.Conv2d and isinstance(bn, nn.BatchNorm2d)):
-                continue
-            if bn.running_mean is None or bn.num_features != conv.out_channels:
-                raise ValueError(f"cannot fold {b}: BatchNorm2d needs running statistics and "
-                                 f"{conv.out_channels} features to match conv {a}")
-            s = torch.rsqrt(bn.running_var + bn.eps)
-            if bn.weight is not None:
-                s = s * bn.weight
-            bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-            new_bias = (bias - bn.running_mean) * s
-            if bn.bias is not None:
-                new_bias = new_bias + bn.bias
-            conv.weight.copy_(conv.weight * s.view(-1, 1, 1, 1))
-            conv.bias = nn.Parameter(new_bias.detach().clone())
-            seq._modules[b] = nn.Identity()
-    return model
 
 
 @torch.no_grad()
