@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -25,7 +26,8 @@ from torch import Tensor, nn
 __all__ = ["set_seed", "LossFn", "Inputs", "check_bits", "check_finite", "check_tensor",
            "check_int", "check_sparsity", "check_finite_number", "as_real_tensor",
            "check_logits", "check_module", "as_args", "inference",
-           "batch_inputs", "run_batch", "weight_layers", "set_submodule", "markdown_table", "WEIGHT_LAYERS"]
+           "batch_inputs", "run_batch", "weight_layers", "set_submodule", "markdown_table", "WEIGHT_LAYERS",
+           "OTHER_CONVS", "warn_other_convs"]
 
 #: ``loss_fn(model, x, y) -> scalar``: what fit, distillation, QAT and pruning pass around.
 LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
@@ -215,6 +217,27 @@ def weight_layers(model: nn.Module, types: tuple[type[nn.Module], ...] = WEIGHT_
     """
     check_module(model, "weight_layers")
     return {n: m for n, m in model.named_modules() if isinstance(m, types)}
+
+
+#: Convolutions that the Conv2d / Linear techniques leave as they are (named by a warning).
+OTHER_CONVS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d,
+                                            nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def warn_other_convs(model: nn.Module, what: str) -> list[str]:
+    """Warn once, naming them, when ``model`` holds convolutions ``what`` leaves unchanged.
+
+    Quantization, pruning and k-means sharing work on ``Conv2d`` and ``Linear`` weights; a
+    ``Conv1d`` (or 3-d, or transposed) conv stays float and dense, and a learner should hear
+    so rather than read a size that silently excludes it. Returns the names.
+    """
+    names = [f"{n} ({type(m).__name__})" for n, m in model.named_modules()
+             if isinstance(m, OTHER_CONVS)]
+    if names:
+        shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+        warnings.warn(f"{what} handles Conv2d and Linear layers only; these stay as they are "
+                      f"(float, dense): {shown}", stacklevel=3)
+    return names
 
 
 def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:

@@ -106,7 +106,8 @@ def share_weights(model: nn.Module, bits: Mapping[str, int]) -> dict[str, Tensor
             raise ValueError(f"no Conv2d/Linear layer named {name!r}; layers: {list(layers)}")
         w = layers[name].weight
         nz = w != 0
-        codebook, idx = kmeans_codebook(w[nz], b)
+        codebook, idx = kmeans_codebook(w[nz], b,
+                                        name=f"the non-zero weights of layer {name!r}")
         w[nz] = codebook[idx]
         books[name] = codebook
     return books

@@ -26,7 +26,9 @@ from qlib.quant import (batchnorm_layers, fold_batchnorm, kmeans_quantize_model,
 from qlib.quant.ptq import ptq
 
 tv = pytest.importorskip("torchvision")
-pytestmark = pytest.mark.usefixtures("one_thread")
+# the hand-written model's Conv1d is named by a warning at every step; its own test below
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.filterwarnings("ignore:.*handles Conv2d and Linear layers only")]
 
 SHAPE = (3, 32, 32)
 
@@ -162,3 +164,15 @@ def test_onnx_int8(model, x, tmp_path) -> None:
         ref = model(x)
     assert torch.allclose(OrtModel(fp32)(x), ref, rtol=1e-4, atol=1e-4)
     _check_logits(OrtModel(int8)(x))
+
+
+def test_a_conv1d_left_float_is_named_at_each_step() -> None:
+    """Quantization, pruning and k-means sharing handle Conv2d / Linear only; the Conv1d
+    they leave float and dense is named, never skipped in silence."""
+    model = OwnModel().eval()
+    with pytest.warns(UserWarning, match=r"quantization handles .* mix \(Conv1d\)"):
+        ptq(model, [_images(2, 20)], 8, 8)
+    with pytest.warns(UserWarning, match=r"pruning handles .* mix \(Conv1d\)"):
+        magnitude_prune(copy.deepcopy(model), 0.5)
+    with pytest.warns(UserWarning, match=r"k-means weight sharing handles .* mix \(Conv1d\)"):
+        kmeans_quantize_model(model, 4)

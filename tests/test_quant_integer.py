@@ -330,3 +330,19 @@ def test_recipe_registered_and_deterministic(baseline, data, pair):
                            if "features.1" not in n and "features.5" not in n) + 16 + 32
     print(f"int8-integer: {v.size_bytes} B, {v.params} params, fp32 "
           f"{serialized_size(baseline.state_dict())} B")
+
+
+def test_to_integer_names_the_layer_it_cannot_convert() -> None:
+    """A depthwise conv has no integer version here: the error names it, and says why."""
+    from torch import nn
+
+    from qlib.quant import freeze, quantize_model
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3, groups=4),
+                          nn.Flatten(), nn.Linear(4 * 24 * 24, 10)).eval()
+    q = quantize_model(model, 8, 8)
+    q(torch.randn(2, 1, 28, 28))
+    freeze(q)
+    with pytest.raises(ValueError, match=r"layer '2': integer conv supports groups=1"):
+        to_integer(q, [torch.randn(2, 1, 28, 28)])

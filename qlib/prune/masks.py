@@ -30,7 +30,8 @@ from torch import Tensor, nn
 from torch.nn.utils import prune as tprune
 from tqdm.auto import tqdm
 
-from .._util import WEIGHT_LAYERS, check_finite, check_sparsity, weight_layers
+from .._util import (WEIGHT_LAYERS, check_finite, check_sparsity, warn_other_convs,
+                     weight_layers)
 from ..train import evaluate
 
 __all__ = ["PRUNABLE", "prunable_layers", "magnitude_mask", "layerwise_masks",
@@ -102,6 +103,7 @@ def layerwise_masks(model: nn.Module, sparsity: float | dict[str, float]) -> Mas
     [50, 10]
     """
     layers = prunable_layers(model)
+    warn_other_convs(model, "pruning")
     per_layer = sparsity if isinstance(sparsity, dict) else dict.fromkeys(layers, sparsity)
     unknown = set(per_layer) - set(layers)
     if unknown:
@@ -142,6 +144,7 @@ def global_masks(model: nn.Module, sparsity: float, *,
     [41, 19]
     """
     layers = prunable_layers(model)
+    warn_other_convs(model, "pruning")
     sparsity = check_sparsity(sparsity)
     ceiling = check_sparsity(max_layer_sparsity, "max_layer_sparsity")
     weights = _checked_weights(layers)
@@ -205,6 +208,7 @@ def nm_masks(model: nn.Module, n: int = 2, m: int = 4) -> Masks:
     ['2']
     """
     layers = prunable_layers(model)
+    warn_other_convs(model, "pruning")
     masks = {name: nm_mask(_weight(layer), n, m) for name, layer in layers.items()
              if layer.weight[0].numel() % m == 0}
     if not masks:
@@ -332,6 +336,7 @@ def sensitivity_scan(model: nn.Module, loader: Iterable, sparsities: Sequence[fl
         check_sparsity(s)
     model = baked_copy(model).eval()
     layers = prunable_layers(model)
+    warn_other_convs(model, "pruning")
     result: dict[str, list[float]] = {}
     for name, layer in tqdm(layers.items(), desc="sensitivity", disable=not progress,
                             leave=False):

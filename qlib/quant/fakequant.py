@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .._util import batch_inputs, check_bits, set_submodule, weight_layers
+from .._util import batch_inputs, check_bits, set_submodule, warn_other_convs, weight_layers
 from .affine import fake_quantize, quantize
 from .fold import fold_batchnorm  # re-exported: folding is step 1 of the PTQ flow
 from .observers import ObserverSpec, make_observer
@@ -184,6 +184,7 @@ def quantize_model(model: nn.Module, weight_bits: int | Mapping[str, int],
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     layers = supported_layers(model)
+    warn_other_convs(model, "quantization")
     if not layers:
         raise ValueError(f"{type(model).__name__} has no supported layer to quantize; "
                          f"supported: {[t.__name__ for t in SUPPORTED]}")

@@ -237,8 +237,12 @@ def to_integer(qmodel: nn.Module, calibration: Splits | Iterable, *, output_bits
         raise TypeError(f"qmodel must be an nn.Module, got {type(qmodel).__name__}")
     qmodel.eval()
     leaves = [m for m in _leaves(qmodel) if not isinstance(m, _PASS)]
+    names = {id(m): name for name, m in qmodel.named_modules()}
     for m in leaves:
-        _check_leaf(m)
+        try:
+            _check_leaf(m)
+        except ValueError as err:  # the same reason, with the layer it is about
+            raise ValueError(f"layer {names.get(id(m), '?')!r}: {err}") from None
     qidx = [i for i, m in enumerate(leaves) if isinstance(m, QuantLayer)]
     if not qidx:
         raise ValueError("the model has no fake-quant layer: run ptq(model, data, 8, 8) first")

@@ -24,7 +24,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from .._util import WEIGHT_LAYERS, check_bits, check_finite
+from .._util import WEIGHT_LAYERS, check_bits, check_finite, warn_other_convs
 
 __all__ = ["kmeans_codebook", "kmeans_quantize_model"]
 
@@ -84,6 +84,7 @@ def kmeans_quantize_model(model: nn.Module, bits: int, *, inplace: bool = False
     >>> sorted(books), m[1].weight.unique().numel()
     (['1', '3'], 4)
     """
+    warn_other_convs(model, "k-means weight sharing")
     model = model if inplace else copy.deepcopy(model)
     books = {}
     for name, m in model.named_modules():
