@@ -142,6 +142,7 @@ def test_global_masks_ceiling_equals_a_greedy_reference(ceiling: float) -> None:
 
 def test_global_pruning_keeps_every_mobilenet_v2_layer_alive() -> None:
     tv = pytest.importorskip("torchvision")
+    torch.manual_seed(0)  # how many layers empty depends on the init: 14 or 15 of 53
     model = tv.models.mobilenet_v2(num_classes=10)
     uncapped = global_masks(model, 0.9, max_layer_sparsity=1.0)
     assert sum(int(m.sum()) == 0 for m in uncapped.values()) == 15  # classifier.1 among them
