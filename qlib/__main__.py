@@ -77,26 +77,31 @@ def _parser() -> argparse.ArgumentParser:
 
 def _check_outputs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """Fail in one line, before any work, when an output location cannot be written."""
+
+    def fail(message: str) -> None:  # one line (no usage): the arguments parsed, a path is bad
+        print(f"{parser.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
     out = getattr(args, "out", None)
     if args.command == "report" and (why := writable_dir_problem(Path(out))):
-        parser.error(f"--out: {why}")
+        fail(f"--out: {why}")
     path = getattr(args, "json", None)
     if path is not None:
         if path.is_dir():
-            parser.error(f"--json: {path} is a folder; give a file name such as {path}/rows.json")
+            fail(f"--json: {path} is a folder; give a file name such as {path}/rows.json")
         if why := writable_dir_problem(path.parent):
-            parser.error(f"--json: {why}")
+            fail(f"--json: {why}")
     if args.command == "workbook":
         if args.grade_written and not args.nbgrader:
             parser.error("--grade-written goes with --nbgrader DIR")
         if args.nbgrader and (args.check or args.out):
             parser.error("--nbgrader writes a course: it takes neither --check nor --out")
         if args.nbgrader and (why := writable_dir_problem(Path(args.nbgrader))):
-            parser.error(f"--nbgrader: {why}")
+            fail(f"--nbgrader: {why}")
     # report and deploy may train (the baseline, the LM, QAT recipes) and export ONNX files
     # into the data folder: a model trained for minutes and then not saved is lost work.
     if args.command in ("report", "deploy") and (why := writable_dir_problem(qdata.DATA_DIR)):
-        parser.error(f"the data folder (cached models, ONNX files): {why}; set QLIB_DATA to "
+        fail(f"the data folder (cached models, ONNX files): {why}; set QLIB_DATA to "
                      "a writable folder")
 
 
