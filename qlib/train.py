@@ -250,11 +250,11 @@ def cached_training(name: str, recipe: dict, build: Callable[[], nn.Module],
     able dict of everything that determines the weights), the torch version and the
     :func:`source_hash` of the modules that define ``build`` and ``train`` (and what they
     import): a code change there retrains, an edit elsewhere or to a docstring does not. It
-    holds
-    the state dict and the recipe. A file that fails to load, holds another recipe or does
-    not fit the architecture is retrained and overwritten with a one-line message, never a
-    crash. A cache folder that cannot be written is found before training: the model is
-    trained, returned and used, with one warning, and not saved. ``build`` must be deterministic (seed inside it); ``train(model)`` trains in place.
+    holds the state dict and the recipe. A file that fails to load, holds another recipe or
+    does not fit the architecture is retrained and overwritten with a one-line message,
+    never a crash. A cache folder that cannot be written is found before training: the
+    model is trained, returned and used, with one warning, and not saved. ``build`` must be
+    deterministic (seed inside it); ``train(model)`` trains in place.
     Used by the baseline and by every recipe that trains (notebooks 04-08).
     """
     modules = (build.__module__, train.__module__, "qlib.train")

@@ -40,6 +40,7 @@ from typing import Any
 
 import nbformat
 
+from .._util import check_int
 from .workbook import (ANSWER, BANNER_ID, BEGIN, BEGIN_HIDDEN, END, END_HIDDEN, NOTEBOOKS,
                        STUB, enclosing_def, has_exercises, instructor_notebooks, strip_code,
                        strip_markdown, student_notebook)
@@ -144,6 +145,11 @@ def classroom_notebook(nb: nbformat.NotebookNode, name: str = "notebook", *,
                                                                     CLASSROOM_BANNER_ID)]
     total, exercises, written, pending = 0, 0, 0, None
     seen: set[str] = set()
+
+    def no_checker(k: int) -> ValueError:
+        return ValueError(f"{name}, cell {k}: the solution has no checker cell (with a "
+                          f"'{BEGIN_HIDDEN}' block) after it")
+
     for k, cell in enumerate(source.cells):
         where = f"{name}, cell {k}"
         _check_marks(cell, where)
@@ -161,8 +167,7 @@ def classroom_notebook(nb: nbformat.NotebookNode, name: str = "notebook", *,
                                  "the checker in the cell after the solution")
             if stubs:
                 if pending is not None:
-                    raise ValueError(f"{name}, cell {pending}: the solution has no checker "
-                                     f"cell (with a '{BEGIN_HIDDEN}' block) after it")
+                    raise no_checker(pending)
                 meta, pending = _meta(gid, solution=True), k
                 lines = cell.source.split("\n")
                 cell.metadata[STUB_NAMES] = [enclosing_def(lines, i) for i, line in
@@ -178,8 +183,7 @@ def classroom_notebook(nb: nbformat.NotebookNode, name: str = "notebook", *,
             total, written = total + points, written + 1
         cell.metadata["nbgrader"] = meta
     if pending is not None:
-        raise ValueError(f"{name}, cell {pending}: the solution has no checker cell (with a "
-                         f"'{BEGIN_HIDDEN}' block) after it")
+        raise no_checker(pending)
     banner = _banner(name, exercises, points, written)
     banner.metadata["nbgrader"] = _meta(CLASSROOM_BANNER_ID, locked=True)
     source.cells.insert(1, banner)
@@ -205,8 +209,7 @@ def write_course(out: str | Path, src: str | Path = NOTEBOOKS, *, points: int = 
     src, out = Path(src), Path(out)
     if not src.is_dir():
         raise ValueError(f"no notebooks folder at {src}")
-    if isinstance(points, bool) or not isinstance(points, int) or points < 1:
-        raise ValueError(f"points must be an int >= 1, got {points!r}")
+    check_int(points, "points", 1)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} is a file, not a folder")
     courses: dict[str, tuple[nbformat.NotebookNode, int]] = {}
