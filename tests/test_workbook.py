@@ -223,3 +223,17 @@ def test_each_copy_compiles(path):
         if cell.cell_type == "code" and not any(
                 line.lstrip().startswith(("%", "!")) for line in cell.source.split("\n")):
             compile(cell.source, f"{path.name} cell {k}", "exec")
+
+
+def test_answer_keys_stay_in_the_instructor_copy_and_leave_the_student_copy(tmp_path):
+    nb = nbformat.read(_instructor(tmp_path), as_version=4)
+    key = nbformat.v4.new_markdown_cell(f"{workbook.ANSWER_KEY}\n**Answers.** 1. Because.")
+    key["id"] = "answer-key"
+    near_miss = nbformat.v4.new_markdown_cell("A note that mentions <!-- ANSWER KEY --> later")
+    near_miss["id"] = "not-a-key"
+    nb.cells[1:1] = [key, near_miss]
+    assert workbook.is_answer_key(key) and not workbook.is_answer_key(near_miss)
+    student, _ = workbook.student_notebook(nb, "00_demo.ipynb")
+    ids = [c["id"] for c in student.cells]
+    assert "answer-key" not in ids and "not-a-key" in ids
+    assert "Because." not in nbformat.writes(student)

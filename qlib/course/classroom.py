@@ -43,7 +43,7 @@ import nbformat
 from .._util import check_int
 from .workbook import (ANSWER, BANNER_ID, BEGIN, BEGIN_HIDDEN, END, END_HIDDEN, NOTEBOOKS,
                        STUB, enclosing_def, has_exercises, instructor_notebooks, strip_code,
-                       strip_markdown, student_notebook)
+                       is_answer_key, strip_markdown, student_notebook)
 
 __all__ = ["write_course", "classroom_notebook", "CLASSROOM_BANNER_ID", "STUB_NAMES",
            "CONFIG", "COURSE_ID"]
@@ -142,7 +142,7 @@ def classroom_notebook(nb: nbformat.NotebookNode, name: str = "notebook", *,
     student_notebook(nb, name)  # the workbook's checks: markers balanced, stubs compile
     source = copy.deepcopy(nb)
     source.cells = [c for c in source.cells if c.get("id") not in (BANNER_ID,
-                                                                    CLASSROOM_BANNER_ID)]
+                    CLASSROOM_BANNER_ID) and not is_answer_key(c)]
     total, exercises, written, pending = 0, 0, 0, None
     seen: set[str] = set()
 

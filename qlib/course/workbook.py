@@ -32,8 +32,12 @@ Conventions for exercises (an instructor notebook's "## Exercises" section, afte
    shows "*Your answer here.*".
    Checkers: ``check_function`` (a function), ``check_model`` (a module, or a class /
    builder so that a stub ``__init__`` reads "not attempted"), ``check_value``.
-5. At least three code exercises per notebook (three to five in all); run
-   ``make workbook`` after editing one. Notebook 00's exercises are the worked example.
+5. At least three code exercises per notebook (three to five in all), at least one of them
+   inside the section whose idea it practises; run ``make workbook`` after editing one.
+   Notebook 00's exercises are the worked example.
+6. The answer key to a notebook's "Questions" is a markdown cell whose first line is
+   ``<!-- ANSWER KEY -->`` (an HTML comment, invisible when rendered). It stays in the
+   instructor copy and is dropped from the student copy and from the nbgrader release.
 
 ``qlib.course.classroom`` (``make classroom``) writes the same exercises as an nbgrader course.
 """
@@ -48,7 +52,7 @@ import nbformat
 
 __all__ = ["strip_code", "strip_markdown", "student_notebook", "generate", "enclosing_def",
            "has_exercises", "instructor_notebooks", "BEGIN", "END", "BEGIN_HIDDEN",
-           "END_HIDDEN", "STUB", "ANSWER", "BANNER_ID"]
+           "END_HIDDEN", "STUB", "ANSWER", "BANNER_ID", "ANSWER_KEY", "is_answer_key"]
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
@@ -56,7 +60,14 @@ STUB = 'raise NotImplementedError("Exercise: write the body of {name}")'
 ANSWER = "*Your answer here.*"
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 BANNER_ID = "workbook-banner"
+ANSWER_KEY = "<!-- ANSWER KEY -->"
 _DEF = re.compile(r"^(\s*)(?:async\s+)?def\s+(\w+)")
+
+
+def is_answer_key(cell: nbformat.NotebookNode) -> bool:
+    """Whether ``cell`` is an instructor-only answer key (markdown, first line ANSWER_KEY)."""
+    return (cell.cell_type == "markdown"
+            and cell.source.lstrip().split("\n", 1)[0].strip() == ANSWER_KEY)
 
 
 def _indent(line: str) -> int:
@@ -145,10 +156,11 @@ def student_notebook(nb: nbformat.NotebookNode, name: str = "notebook"
     """The student copy of an instructor notebook (outputs stripped) and its stub count.
 
     A markdown banner (cell id ``workbook-banner``) after the title says where the copy
-    came from. A cell that compiled before stripping but not after is an error.
+    came from; answer-key cells are dropped. A cell that compiled before stripping but not after is an error.
     """
     student = copy.deepcopy(nb)
-    student.cells = [c for c in student.cells if c.get("id") != BANNER_ID]
+    student.cells = [c for c in student.cells
+                     if c.get("id") != BANNER_ID and not is_answer_key(c)]
     total = 0
     for k, cell in enumerate(student.cells):
         where = f"{name}, cell {k}"
@@ -163,7 +175,7 @@ def student_notebook(nb: nbformat.NotebookNode, name: str = "notebook"
             cell.source = strip_markdown(cell.source, where)
     banner = nbformat.v4.new_markdown_cell(
         f"> **Workbook copy** of `notebooks/{name}`, made by `make workbook`. Each exercise "
-        "at the end has a stub that raises `NotImplementedError`: replace it with your code "
+        "has a stub that raises `NotImplementedError`: replace it with your code "
         "and run the checker cell below it. `make workbook` overwrites this file, so keep "
         "your work in a copy.")
     banner["id"] = BANNER_ID
