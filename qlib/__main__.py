@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
                           "sample; the others download through torchvision when online)")
     rep.add_argument("--model", default="course", choices=sorted(MODELS),
                      help="the baseline architecture (default: course)")
+    rep.add_argument("--challenge", nargs="+", metavar="FILE", default=[],
+                     help="score your own qlib.pipeline.save_compressed files of the course "
+                          "model in the compression challenge (notebook 08)")
     rep.add_argument("--no-progress", action="store_true", help="hide progress bars")
     sub.add_parser("list", help="list the registered recipes")
     dep = sub.add_parser("deploy", help="the deploy benchmark (fp32 vs int8 runtimes)")
@@ -108,12 +111,14 @@ def _check_outputs(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
 def _report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     # heavy (ONNX Runtime through the recipes): imported after the output checks
     from .report import build_lm_report, build_report, lm_table, report_table, write_report
+    if args.task == "lm" and args.challenge:
+        parser.error("--challenge scores vision models (the course CNN); drop it with --task lm")
     try:
         if args.task == "lm":
             report = build_lm_report(args.only, progress=not args.no_progress)
         else:
             report = build_report(args.only, dataset=args.dataset, model=args.model,
-                                  progress=not args.no_progress)
+                                  progress=not args.no_progress, challenge=args.challenge)
     except DownloadError as err:  # the option the user typed, not the Python call
         parser.error(err.with_hint("--dataset embedded (the default)"))
     except (ValueError, CorruptDataError) as err:

@@ -54,11 +54,19 @@ def pareto_front(cost: Sequence[float], quality: Sequence[float]) -> list[int]:
 
 
 def plot_tradeoff(rows: Sequence[dict], x: str = "size_bytes", y: str = "accuracy", *,
-                  log_x: bool = True, title: str | None = None, lower_is_better: bool = False):
+                  log_x: bool = True, title: str | None = None, lower_is_better: bool = False,
+                  xerr_key: str | None = None, vlines: dict[str, float] | None = None,
+                  note: str | None = None):
     """Scatter of report rows (dicts with ``name`` and the two keys), Pareto front drawn.
 
     ``x`` is a cost (smaller is better: ``size_bytes``, ``latency_ms``); ``y`` a quality,
-    higher is better unless ``lower_is_better`` (perplexity, notebook 09).
+    higher is better unless ``lower_is_better`` (perplexity, notebook 09). Points carry
+    numbers and a numbered legend beside the axes names them, so labels never overlap
+    (points within 3% in x and 0.05 in y share one label, "2,5"). ``xerr_key``: a row key
+    holding ``[low, high]`` of x (drawn as a horizontal bar; rows without it get none);
+    ``vlines``: reference values of x drawn as dashed vertical lines, legend label -> x;
+    ``note``: a line of small text under the axes (e.g. which rows were left out, and why).
+    The report's latency plot shows only timed rows (``qlib.report``, notebook 08).
     """
     import matplotlib.pyplot as plt  # lazy: optional heavy dependency
 
@@ -67,23 +75,32 @@ def plot_tradeoff(rows: Sequence[dict], x: str = "size_bytes", y: str = "accurac
     scale = 1024 if x == "size_bytes" else 1  # show sizes in KiB
     xs = np.array([r[x] for r in rows], float) / scale
     ys = np.array([r[y] for r in rows], float) * (100 if y in ("accuracy", "f1") else 1)
-    fig, ax = plt.subplots(figsize=(7, 4.4))
+    fig, ax = plt.subplots(figsize=(9.5, 4.6))
     ax.scatter(xs, ys, color="tab:blue", zorder=3)
-    # one label per spot: variants that land (nearly) on the same point share it ("a, b")
-    spots: list[tuple[float, float, list[str]]] = []
-    for r, xi, yi in zip(rows, xs, ys):
-        near = [sp for sp in spots if abs(np.log10(max(xi, 1e-12) / max(sp[0], 1e-12))) < 0.03
+    if xerr_key:
+        for r, xi, yi in zip(rows, xs, ys):
+            if r.get(xerr_key):
+                lo, hi = (v / scale for v in r[xerr_key])
+                ax.plot([lo, hi], [yi, yi], color="tab:blue", alpha=0.5, lw=1.5, zorder=2)
+    # one number per spot: variants that land (nearly) on the same point share it ("2,5")
+    spots: list[tuple[float, float, list[int]]] = []
+    for i, (xi, yi) in enumerate(zip(xs, ys), start=1):
+        near = [sp for sp in spots if abs(np.log10(max(xi, 1e-12) / max(sp[0], 1e-12))) < 0.013
                 and abs(yi - sp[1]) < 0.05]
         if near:
-            near[0][2].append(r["name"])
+            near[0][2].append(i)
         else:
-            spots.append((xi, yi, [r["name"]]))
-    for xi, yi, names in spots:
-        ax.annotate(", ".join(names), (xi, yi), fontsize=7, xytext=(4, 3),
+            spots.append((xi, yi, [i]))
+    for xi, yi, nums in spots:
+        ax.annotate(",".join(map(str, nums)), (xi, yi), fontsize=7, xytext=(3, 3),
                     textcoords="offset points")
     front = pareto_front(xs, -ys if lower_is_better else ys)
     ax.step(xs[front], ys[front], where="post", color="tab:orange", label="Pareto front",
             zorder=2)
+    for label, value in (vlines or {}).items():
+        ax.axvline(value / scale, color="gray", ls="--", lw=1, label=label)
+    for i, r in enumerate(rows, start=1):
+        ax.plot([], [], " ", label=f"{i}  {r['name']}")  # the numbered legend entries
     if log_x:
         ax.set_xscale("log")
         # lazy: optional heavy dependency
@@ -96,6 +113,8 @@ def plot_tradeoff(rows: Sequence[dict], x: str = "size_bytes", y: str = "accurac
     ax.set(xlabel=unit.get(x, x), ylabel=f"{y} (%)" if y in ("accuracy", "f1") else y,
            title=title or f"{y} vs {unit.get(x, x)}")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
+    if note:
+        fig.text(0.01, 0.01, note, fontsize=7, color="dimgray")
+    fig.tight_layout(rect=(0, 0.04 if note else 0, 1, 1))
     return fig

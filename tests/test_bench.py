@@ -272,3 +272,42 @@ def test_interleaved_latency_pools_runs_per_model():
     assert len(r["fast"]["runs"]) >= 3 and len(r["slow"]["runs"]) >= 3
     with pytest.raises(ValueError, match="at least one model"):
         interleaved_latency({}, torch.zeros(1))
+
+
+# ----- paired (A-B-A) timing against a reference, with a fake clock (notebook 08) ----------
+
+from qlib.measure.latency import paired_latency  # noqa: E402
+
+
+class _FakeClock:
+    """A deterministic clock: time moves only when a fake model 'runs'."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def model(self, ms: float):
+        def run(x):
+            self.t += ms / 1000
+            return x
+        return run
+
+
+def test_paired_latency_ratios_with_a_fake_clock() -> None:
+    clock = _FakeClock()
+    ref, fast = clock.model(1.0), clock.model(0.5)
+    r = paired_latency(fast, ref, torch.zeros(1), rounds=5, repeats=3, clock=clock)
+    assert r["speedup"] == pytest.approx([2.0] * 5) and r["self"] == pytest.approx([1.0] * 5)
+    assert r["median_ms"] == pytest.approx(0.5) and r["reference_median_ms"] == pytest.approx(1.0)
+    assert len(r["fn_ms"]) == 5 and len(r["reference_ms"]) == 10 and len(r["runs"]) == 15
+    same = paired_latency(ref, ref, torch.zeros(1), rounds=3, repeats=2, clock=clock)
+    assert same["speedup"] == pytest.approx([1.0] * 3)
+
+
+def test_paired_latency_round_order_is_reference_model_reference() -> None:
+    calls: list[str] = []
+    paired_latency(lambda x: calls.append("m"), lambda x: calls.append("r"), torch.zeros(1),
+                   rounds=2, repeats=1, warmup=0)
+    assert "".join(calls) == "rmrrmr"

@@ -119,3 +119,30 @@ def test_paired_mean_diff_interval_covers_the_shift_and_sees_pairing():
 def test_paired_mean_diff_bad_input(a, b, match):
     with pytest.raises(ValueError, match=match):
         paired_mean_diff(a, b)
+
+
+# ----- speed verdicts (notebook 08, the report) -------------------------------------------
+
+from qlib.measure.stats import SAME_SPEED, speed_verdict  # noqa: E402
+
+
+def test_speed_verdict_calls_a_difference_only_past_the_noise():
+    quiet = [1.0, 1.01, 0.99]
+    assert speed_verdict([1.5, 1.6, 1.55], quiet)["verdict"] == "faster"
+    assert speed_verdict([0.5, 0.6, 0.55], quiet)["verdict"] == "slower"
+    # the same 1.5x median, but one round inside the noise band: not called
+    assert speed_verdict([1.5, 1.6, 1.005], quiet)["verdict"] == SAME_SPEED
+    # every round 1.2x, but the reference differed from itself by 30%: noise, not a result
+    r = speed_verdict([1.2, 1.2, 1.2], [1.3, 1.0, 1.0])
+    assert r["verdict"] == SAME_SPEED and abs(r["noise"] - 0.3) < 1e-12
+    r = speed_verdict([1.0] * 7, [1.0] * 7)  # identical timings: the same, never faster
+    assert r["verdict"] == SAME_SPEED and r["speedup"] == 1.0 and r["noise"] == 0.0
+    assert (r["low"], r["high"], r["rounds"]) == (1.0, 1.0, 7)
+
+
+@pytest.mark.parametrize("bad", [dict(speedup=[1, 1], self_ratios=[1, 1, 1]),
+                                 dict(speedup=[1, 1, 0], self_ratios=[1, 1, 1]),
+                                 dict(speedup=[1, 1, float("nan")], self_ratios=[1, 1, 1])])
+def test_speed_verdict_rejects_bad_ratios(bad):
+    with pytest.raises(ValueError, match="at least 3 rounds|positive finite"):
+        speed_verdict(**bad)

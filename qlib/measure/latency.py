@@ -5,6 +5,8 @@ Introduced in notebook 00, used by every later notebook and by the report:
     latency      how long one call takes: warm-up, then ``repeats`` timed calls with
                  ``time.perf_counter``; report median, p90 and min (means hide outliers)
     interleaved  several candidates timed round-robin, so machine noise hits all alike
+    paired       one model against its reference in A-B-A rounds: per-round speed ratios and
+                 the reference-against-itself ratios that size the noise (the report)
     throughput   items per second = batch / median seconds
 """
 
@@ -21,11 +23,12 @@ from torch import Tensor, nn
 
 from .._util import Inputs, as_args, check_int, inference
 
-__all__ = ["measure_latency", "interleaved_latency", "throughput"]
+__all__ = ["measure_latency", "interleaved_latency", "paired_latency", "throughput"]
 
 
 def measure_latency(fn_or_model: nn.Module | Callable[..., Any], example_input: Inputs, *,
-                    warmup: int = 10, repeats: int = 50, threads: int | None = None) -> dict:
+                    warmup: int = 10, repeats: int = 50, threads: int | None = None,
+                    clock: Callable[[], float] = time.perf_counter) -> dict:
     """Time ``fn_or_model(*inputs)``: ``warmup`` untimed calls, then ``repeats`` timed ones.
 
     Introduced in notebook 00. Each run is ``(perf_counter() after - before) * 1000`` ms;
@@ -36,6 +39,8 @@ def measure_latency(fn_or_model: nn.Module | Callable[..., Any], example_input: 
     measurement and the previous count is always restored; it does not change the
     threads of another runtime (give an ONNX Runtime session its own ``intra_op_num_threads``).
     ``example_input``: a tensor/array, or a tuple/list passed as positional arguments.
+    ``clock`` (seconds, default ``time.perf_counter``) is swappable so that tests can use a
+    deterministic fake clock.
     Why not one bare ``time.time()`` loop: the first calls pay one-off costs (allocation,
     kernel selection) and single runs are noisy, so warm up and report robust statistics.
 
@@ -61,10 +66,10 @@ def measure_latency(fn_or_model: nn.Module | Callable[..., Any], example_input: 
                 fn_or_model(*args)
             sync()
             for _ in range(repeats):
-                start = time.perf_counter()
+                start = clock()
                 fn_or_model(*args)
                 sync()
-                runs.append((time.perf_counter() - start) * 1000.0)
+                runs.append((clock() - start) * 1000.0)
         finally:
             if gc_was_enabled:
                 gc.enable()
@@ -108,6 +113,51 @@ def interleaved_latency(fns: dict[str, Callable[..., Any]], example_input: Input
                 progress()  # one tick per (round, model), e.g. a tqdm bar's update
     return {n: {"median_ms": float(np.median(v)), "p90_ms": float(np.percentile(v, 90)),
                 "min_ms": float(min(v)), "runs": v} for n, v in runs.items()}
+
+
+def paired_latency(fn: nn.Module | Callable[..., Any], reference: nn.Module | Callable[..., Any],
+                   example_input: Inputs, *, rounds: int = 7, repeats: int = 20,
+                   warmup: int = 3, threads: int | None = 1,
+                   clock: Callable[[], float] = time.perf_counter) -> dict:
+    """Time ``fn`` against ``reference`` in ``rounds`` A-B-A rounds: per-round ratios.
+
+    Introduced in notebook 08 (the report's speed verdicts). Round r times the reference
+    (a_r), then ``fn`` (b_r), then the reference again (a'_r), each the *fastest* of
+    ``repeats`` calls after ``warmup`` (the call least disturbed by other processes, as
+    ``timeit`` advises for comparisons; a median is hit when a busy machine preempts half a
+    slot); averaging a_r and a'_r cancels a drift that is linear within the round.
+    Returns, as lists over rounds,
+
+        speedup_r = ((a_r + a'_r) / 2) / b_r     (> 1: fn is faster than its reference)
+        self_r    = a_r / a'_r                    (the reference against itself: noise)
+
+    plus ``median_ms`` and ``reference_median_ms`` (the medians of all of ``fn``'s and all
+    of the reference's timed calls), ``runs`` (all of ``fn``'s calls, ms) and the per-round
+    ``fn_ms`` / ``reference_ms`` (each slot's fastest call).
+    :func:`qlib.measure.stats.speed_verdict` reads them. Passing the same model twice gives speedups that scatter around 1 by the noise.
+
+    >>> r = paired_latency(torch.relu, torch.relu, torch.zeros(9), rounds=3, repeats=2)
+    >>> len(r["speedup"]), len(r["self"])
+    (3, 3)
+    """
+    check_int(rounds, "rounds", 1)
+    check_int(repeats, "repeats", 1)
+    fn_ms, ref_ms, speedup, self_ratio = [], [], [], []
+    fn_runs: list[float] = []
+    ref_runs: list[float] = []
+    kw = dict(warmup=warmup, repeats=repeats, threads=threads, clock=clock)
+    for _ in range(rounds):
+        slots = [measure_latency(m, example_input, **kw) for m in (reference, fn, reference)]
+        a, b, a2 = (slot["min_ms"] for slot in slots)
+        fn_runs += slots[1]["runs"]
+        ref_runs += slots[0]["runs"] + slots[2]["runs"]
+        fn_ms.append(b)
+        ref_ms += [a, a2]
+        speedup.append((a + a2) / 2 / max(b, 1e-12))
+        self_ratio.append(a / max(a2, 1e-12))
+    return {"speedup": speedup, "self": self_ratio, "fn_ms": fn_ms, "reference_ms": ref_ms,
+            "runs": fn_runs, "median_ms": float(np.median(fn_runs)),
+            "reference_median_ms": float(np.median(ref_runs))}
 
 
 def throughput(fn_or_model: nn.Module | Callable[..., Any], example_input: Inputs,

@@ -13,6 +13,10 @@ Introduced in notebook 07. A compressed model that scores 98.0% against the base
   c (A wrong, B right): under H0 each discordant image is a fair coin, so
   ``p = min(1, 2 * P[Binomial(b + c, 1/2) <= min(b, c)])``.
 - :func:`output_kl`: mean KL(p_ref || p_other) between two models' softmax outputs.
+- :func:`speed_verdict`: is one model faster than its reference? From per-round speed
+  ratios s_r and the reference-against-itself ratios n_r (A-B-A rounds), with the noise
+  band ``e = max_r |log n_r|``: "faster" if ``min_r s_r > exp(e)``, "slower" if
+  ``max_r s_r < exp(-e)``, otherwise "same, within noise" (notebook 08, the report).
 - :func:`expected_calibration_error`: ``ECE = sum_m |B_m|/n * |acc(B_m) - conf(B_m)|``
   over equal-width confidence bins B_m.
 
@@ -32,7 +36,11 @@ from torch import Tensor
 from .._util import as_real_tensor, check_finite_number, check_int, check_logits
 
 __all__ = ["bootstrap_ci", "paired_bootstrap", "paired_mean_diff", "mcnemar", "output_kl",
-           "expected_calibration_error", "reliability_bins", "imbalanced_indices"]
+           "expected_calibration_error", "reliability_bins", "imbalanced_indices",
+           "speed_verdict", "SAME_SPEED"]
+
+#: What :func:`speed_verdict` says when the rounds do not tell a model from its reference.
+SAME_SPEED = "same, within noise"
 
 BoolLike = Tensor | np.ndarray | Sequence[int] | Sequence[bool]
 
@@ -215,3 +223,35 @@ def imbalanced_indices(labels: Tensor, fractions: Sequence[float], *, seed: int 
         idx = torch.nonzero(labels == c).flatten()
         keep.append(idx[torch.randperm(len(idx), generator=gen)[:round(f * len(idx))]])
     return torch.cat(keep).sort().values
+
+
+def speed_verdict(speedup: Sequence[float], self_ratios: Sequence[float]) -> dict:
+    """Faster, slower or the same as the reference, judged against the measured noise.
+
+    Introduced in notebook 08. ``speedup``: per-round ratios reference_ms / model_ms (> 1:
+    faster); ``self_ratios``: per-round ratios of the reference against itself in the same
+    rounds (:func:`qlib.measure.latency.paired_latency` returns both). With the noise band
+    ``e = max_r |log self_r|`` (the most the reference ever differed from itself), the
+    verdict is "faster" if every round's speedup exceeds ``exp(e)``, "slower" if every
+    round's is below ``exp(-e)``, otherwise :data:`SAME_SPEED`: the interval
+    ``[min_r, max_r]`` must clear the noise band entirely. Returns ``{"speedup"`` (median
+    over rounds), ``"low", "high"`` (min and max), ``"noise"`` (``exp(e) - 1``, a fraction),
+    ``"rounds", "verdict"}``. Needs at least 3 rounds (fewer cannot show a spread).
+
+    >>> speed_verdict([2.0, 2.1, 1.9], [1.02, 0.99, 1.01])["verdict"]
+    'faster'
+    >>> speed_verdict([1.05, 0.97, 1.01], [1.03, 0.98, 1.0])["verdict"]
+    'same, within noise'
+    """
+    s, n = _floats(speedup, "speedup"), _floats(self_ratios, "self_ratios")
+    if len(s) < 3 or len(n) < 3:
+        raise ValueError(f"speed_verdict needs at least 3 rounds of speedup and self_ratios, "
+                         f"got {len(s)} and {len(n)}")
+    if not (np.isfinite(s).all() and np.isfinite(n).all() and (s > 0).all() and (n > 0).all()):
+        raise ValueError("speed ratios must be positive finite numbers (ms / ms), got "
+                         f"min speedup {s.min()}, min self ratio {n.min()}")
+    e = float(np.abs(np.log(n)).max())
+    lo, hi = float(s.min()), float(s.max())
+    verdict = ("faster" if np.log(lo) > e else "slower" if np.log(hi) < -e else SAME_SPEED)
+    return {"speedup": float(np.median(s)), "low": lo, "high": hi,
+            "noise": float(np.expm1(e)), "rounds": int(len(s)), "verdict": verdict}

@@ -9,7 +9,7 @@ The only place recipes are registered (the layering test holds it).
 
 from .catalog import RECIPES, get_recipe, load_recipes
 from .quant import packed_variant
-from .registry import Recipe, RecipeFn, Variant
+from .registry import EXECUTIONS, Recipe, RecipeFn, Variant
 
-__all__ = ["Variant", "Recipe", "RecipeFn", "RECIPES", "load_recipes", "get_recipe",
-           "packed_variant"]
+__all__ = ["Variant", "Recipe", "RecipeFn", "EXECUTIONS", "RECIPES", "load_recipes",
+           "get_recipe", "packed_variant"]

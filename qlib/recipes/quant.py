@@ -13,8 +13,9 @@ import torch
 from torch import Tensor, nn
 
 from ..data import Splits
-from ..quant import (assign_bits, fold_batchnorm, kmeans_quantize_model, layer_sensitivity,
-                     packed_state, ptq, serialized_size, unpack_state, weight_counts)
+from ..quant import (QuantLayer, assign_bits, fold_batchnorm, kmeans_quantize_model,
+                     layer_sensitivity, packed_state, ptq, serialized_size, unpack_state,
+                     weight_counts)
 from ..quant.integer import to_integer
 from ..quant.qat import convert_qat, prepare_qat
 from ..train import cached_training, fingerprint, fit
@@ -36,14 +37,18 @@ def packed_variant(name: str, qmodel: nn.Module, codebooks: Mapping | None = Non
 
     Introduced in notebook 02. The fake-quant model is serialised with
     :func:`~qlib.quant.packing.packed_state` (size_bytes = bytes of that file), unpacked and
-    loaded back, so what is evaluated is exactly what would ship.
+    loaded back, so what is evaluated is exactly what would ship. A model with fake-quant
+    layers (:class:`~qlib.quant.fakequant.QuantLayer`) is marked ``execution="simulated"``
+    (its float arithmetic is not int speed); one without (k-means sharing decodes to plain
+    float32 layers) runs as it would be deployed, ``"eager"``.
     """
     packed = packed_state(qmodel, codebooks)
     state = unpack_state(packed)
     qmodel.load_state_dict(state)
     params, nonzeros = _nonzeros(qmodel, state)
+    simulated = any(isinstance(m, QuantLayer) for m in qmodel.modules())
     return Variant(name, "quantization", qmodel.eval(), serialized_size(packed), params,
-                   nonzeros, dict(extra))
+                   nonzeros, dict(extra), execution="simulated" if simulated else "eager")
 
 
 # ----- PTQ (notebook 02) ---------------------------------------------------------------
@@ -96,7 +101,8 @@ def int8_integer(baseline: nn.Module, data: Splits) -> Variant:
     nonzeros = sum(int((lay.weight != 0).sum()) + int((lay.quantized_bias() != 0).sum())
                    for lay in imodel.int_layers())
     return Variant("int8-integer", "quantization", imodel, serialized_size(state), params,
-                   nonzeros, dict(weight_bits=8, act_bits=8, output_bits=imodel.output_bits))
+                   nonzeros, dict(weight_bits=8, act_bits=8, output_bits=imodel.output_bits),
+                   execution="simulated")  # integer arithmetic emulated in PyTorch
 
 
 # ----- QAT (notebook 04; cached under data/models) ---------------------------------------

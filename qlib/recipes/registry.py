@@ -22,7 +22,14 @@ from torch import Tensor, nn
 from ..data import Splits
 from ..measure import count_nonzeros, count_parameters, model_size_bytes
 
-__all__ = ["Variant", "Recipe", "RecipeFn"]
+__all__ = ["Variant", "Recipe", "RecipeFn", "EXECUTIONS"]
+
+#: How a variant's model runs, which decides what its speed is measured against (notebook 08):
+#: "eager": PyTorch eager float32, timed against the baseline module;
+#: "ort": ONNX Runtime, timed against ``Variant.reference`` (the baseline in ONNX Runtime fp32);
+#: "simulated": fake quantization or emulated integer arithmetic in PyTorch; not how it
+#: would be deployed, so the report gives it no speed verdict.
+EXECUTIONS = ("eager", "ort", "simulated")
 
 
 @dataclass
@@ -33,6 +40,9 @@ class Variant:
     any callable (an ONNX Runtime session wrapped in a function, say). ``size_bytes`` is
     the size of the file the recipe would ship; ``params`` counts stored weights and
     ``nonzeros`` those not zero. ``extra`` carries anything else worth reporting.
+    ``execution`` (one of :data:`EXECUTIONS`) says how the model runs; an "ort" variant
+    carries its ``reference``, the fp32 model in the same runtime that its speed is
+    measured against (eager variants are measured against the baseline itself).
     """
 
     name: str
@@ -42,6 +52,15 @@ class Variant:
     params: int
     nonzeros: int
     extra: dict = field(default_factory=dict)
+    execution: str = "eager"
+    reference: nn.Module | Callable[[Tensor], Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        if self.execution not in EXECUTIONS:
+            raise ValueError(f"execution must be one of {EXECUTIONS}, got {self.execution!r}")
+        if self.execution == "ort" and self.reference is None:
+            raise ValueError(f"variant {self.name!r} runs in ONNX Runtime but has no reference: "
+                             "pass the baseline exported to ONNX Runtime fp32 as reference=")
 
     @classmethod
     def from_module(cls, name: str, technique: str, model: nn.Module, **extra) -> "Variant":

@@ -21,7 +21,8 @@ def int8_ort(baseline: nn.Module, data: Splits) -> Variant:
     the first 256 training images (``qlib.data.calibration_batches``) and quantizes (u8
     activations per tensor, s8 weights per channel). Files go to ``data/onnx/``; the
     variant's model is an :class:`~qlib.runtime.onnx.OrtModel` (1 thread) and ``size_bytes``
-    the int8 file's. Deterministic: same baseline and data, same file.
+    the int8 file's; its speed ``reference`` is the same baseline exported to fp32 ONNX,
+    in the same runtime (1 thread). Deterministic: same baseline and data, same file.
     """
     folder = qdata.DATA_DIR / "onnx"  # read at call time: tests point it elsewhere
     x = data.test.tensors[0][:1]
@@ -32,4 +33,5 @@ def int8_ort(baseline: nn.Module, data: Splits) -> Variant:
                    count_parameters(baseline), count_nonzeros(baseline),
                    dict(runtime=f"onnxruntime {ort.__version__}", calibration_images=256,
                         fp32_onnx_bytes=fp32.stat().st_size,
-                        scheme="static QDQ, u8 activations per tensor, s8 weights per channel"))
+                        scheme="static QDQ, u8 activations per tensor, s8 weights per channel"),
+                   execution="ort", reference=OrtModel(fp32, threads=1))
