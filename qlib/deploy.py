@@ -9,8 +9,11 @@ course model and a ResNet-18 (random weights, 3x224x224) as
     compile  fp32  torch.compile (inductor); skipped with a note if it cannot compile in time
     ort      fp32  ONNX Runtime on the exported graph (BN folded)
     ort      int8  static QDQ, u8 activations / s8 per-channel weights  (the fast path)
-    ort      int8  static QDQ, s8 activations / s8 weights              (no fast kernel on x86)
+    ort      int8  static QDQ, s8 activations / s8 weights              (slow on AVX2 / VNNI x86)
     ort      int8  dynamic (ranges per call, ConvInteger)               (slow for convs)
+    torchao  int8  PT2E + X86 quantizer, static u8 act / s8 per-channel w, lowered to oneDNN
+                   int8 ops (qlib.runtime.ao.X86Int8; one graph per batch size, no codegen)
+    torchao  int8  quantize_(Int8DynamicActivationInt8WeightConfig): Linear layers only
 
 at batch 1 and a larger batch, and reports median / p90 latency, the size of the file on
 disk, and quality against fp32 eager: top-1 agreement on the test images (course model) or
@@ -53,14 +56,18 @@ from .data import calibration_batches
 from .measure import interleaved_latency, model_size_bytes
 from .models import resnet18
 from .quant import sqnr_db
+from .runtime.ao import X86Int8, int8_dynamic, pt2e_int8
 from .runtime.onnx import OrtModel, export_onnx, quantize_dynamic_ort, quantize_static_ort
 from .train import get_baseline
 
-__all__ = ["benchmark", "summary", "write_rows", "warm_compile", "BENCH_MODELS", "COLUMNS"]
+__all__ = ["benchmark", "summary", "write_rows", "warm_compile", "BENCH_MODELS", "COLUMNS",
+           "TORCHAO_SCHEMES"]
 
 #: Benchmarked models: the larger batch and the seconds of timing per batch size.
 BENCH_MODELS = {"course": dict(batch=32, seconds=(6.0, 6.0)),
                 "resnet18": dict(batch=8, seconds=(20.0, 30.0))}
+#: The schemes of the torchao rows: PT2E static int8, quantize_ int8 dynamic.
+TORCHAO_SCHEMES = ("PT2E static u8 act/s8 w", "dynamic s8 act/s8 w, Linear only")
 COLUMNS = ("model", "runtime", "precision", "scheme", "batch", "median_ms", "p90_ms",
            "speedup", "size_bytes", "top1_agreement", "sqnr_db", "accuracy", "note")
 
@@ -107,6 +114,7 @@ class _Settings:
     rounds: int
     scale: float
     compile_timeout: float
+    torchao: bool = True
 
 
 def _warmup_child(args: _Settings) -> subprocess.Popen:
@@ -118,7 +126,8 @@ def _warmup_child(args: _Settings) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def _prepare(name: str, folder: Path, image_size: int, threads: int) -> dict:
+def _prepare(name: str, folder: Path, image_size: int, threads: int, torchao: bool = True
+             ) -> dict:
     """Export and quantize one model; its runtimes as {key: (runtime, precision, scheme,
     callable, size_bytes)} plus the quality images."""
     model, cal, xq, yq = _load(name, image_size)
@@ -134,6 +143,13 @@ def _prepare(name: str, folder: Path, image_size: int, threads: int) -> dict:
     for key, path in files.items():
         runtimes[key] = ("ort", *schemes[key], OrtModel(path, threads=threads),
                          path.stat().st_size)
+    if torchao:  # the same calibration batches as ORT's static int8
+        ref = pt2e_int8(model, cal)
+        runtimes["ao-pt2e"] = ("torchao", "int8", TORCHAO_SCHEMES[0],
+                               X86Int8(ref, xq[:1], (1, BENCH_MODELS[name]["batch"])),
+                               model_size_bytes(ref))
+        dyn = int8_dynamic(model)
+        runtimes["ao-dyn"] = ("torchao", "int8", TORCHAO_SCHEMES[1], dyn, model_size_bytes(dyn))
     return dict(model=model, runtimes=runtimes, xq=xq, yq=yq)
 
 
@@ -238,12 +254,15 @@ def _run(args: _Settings, child: subprocess.Popen | None, start: float, bar
         preps = {}
         for name in args.models:
             bar.set_postfix_str(f"export + quantize {name}")
-            preps[name] = _prepare(name, Path(folder), args.image_size, args.threads)
+            preps[name] = _prepare(name, Path(folder), args.image_size, args.threads,
+                                   args.torchao)
             bar.update(1)
         phases["export+quantize"] = time.perf_counter() - start
         compiled, note = _resolve_compile(child, args, start, preps, bar)
         phases["compile"] = time.perf_counter() - start - phases["export+quantize"]
-        bar.total = len(args.models) * (1 + 10 * args.rounds) + 2 * args.rounds * len(compiled)
+        per_model = 5 + 2 * args.torchao  # runtimes timed per batch size, compile aside
+        bar.total = (len(args.models) * (1 + 2 * per_model * args.rounds)
+                     + 2 * args.rounds * len(compiled))
         bar.refresh()
         for name in args.models:
             bar.set_postfix_str(f"measure {name}")
@@ -255,11 +274,12 @@ def _run(args: _Settings, child: subprocess.Popen | None, start: float, bar
 def benchmark(models: Sequence[str] = tuple(BENCH_MODELS), *, threads: int = 1,
               image_size: int = 224, rounds: int = 5, scale: float = 1.0,
               compile: bool = True, compile_timeout: float = 120.0, progress: bool = True,
-              phases: dict[str, float] | None = None) -> list[dict]:
+              phases: dict[str, float] | None = None, torchao: bool = True) -> list[dict]:
     """Measure every runtime of each model; return the rows (:data:`COLUMNS` keys).
 
     ``threads`` per runtime, ``rounds`` of interleaved timing, ``scale`` multiplies the
-    timing budget; ``compile=False`` skips torch.compile (its rows say why). ``phases``, if
+    timing budget; ``compile=False`` skips torch.compile (its rows say why);
+    ``torchao=False`` leaves out the two torchao rows. ``phases``, if
     given, receives the seconds spent exporting, compiling and measuring.
     """
     unknown = [m for m in models if m not in BENCH_MODELS]
@@ -269,7 +289,8 @@ def benchmark(models: Sequence[str] = tuple(BENCH_MODELS), *, threads: int = 1,
     if threads < 1 or rounds < 1 or not scale > 0 or image_size < 32:
         raise ValueError("need threads >= 1, rounds >= 1, scale > 0 and image_size >= 32; got "
                          f"{threads}, {rounds}, {scale}, {image_size}")
-    args = _Settings(list(models), threads, image_size, rounds, scale, compile_timeout)
+    args = _Settings(list(models), threads, image_size, rounds, scale, compile_timeout,
+                     torchao)
     torch.set_num_threads(threads)
     # inductor's compiled kernels go under data/ with the course's other caches (`make
     # clean` removes them), not /tmp/torchinductor_<user>; a folder the user chose is kept.

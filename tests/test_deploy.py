@@ -13,7 +13,7 @@ import torch
 
 from qlib.__main__ import main as qlib_main
 from qlib.bench import interleaved_latency
-from qlib.deploy import COLUMNS
+from qlib.deploy import COLUMNS, TORCHAO_SCHEMES
 
 
 def main(argv: list[str]) -> int:
@@ -66,10 +66,15 @@ def test_deploy_command_on_the_course_model(tmp_path, capsys, monkeypatch) -> No
                  "--no-progress", "--json", str(out)])
     assert code == 0
     rows = json.loads(out.read_text())
-    assert len(rows) == 12 and all(tuple(r) == COLUMNS for r in rows)
+    assert len(rows) == 16 and all(tuple(r) == COLUMNS for r in rows)
     assert {(r["batch"], r["runtime"], r["precision"]) for r in rows} == {
         (b, rt, p) for b in (1, 32) for rt, p in
-        [("eager", "fp32"), ("compile", "fp32"), ("ort", "fp32"), ("ort", "int8")]}
+        [("eager", "fp32"), ("compile", "fp32"), ("ort", "fp32"), ("ort", "int8"),
+         ("torchao", "int8")]}
+    ao_rows = {(r["scheme"], r["batch"]): r for r in rows if r["runtime"] == "torchao"}
+    assert set(ao_rows) == {(s, b) for s in TORCHAO_SCHEMES for b in (1, 32)}
+    # torchao's PT2E int8 (lowered to oneDNN) and int8 dynamic track fp32 like ORT's int8
+    assert all(r["top1_agreement"] >= 0.98 and r["median_ms"] > 0 for r in ao_rows.values())
     timed = [r for r in rows if r["runtime"] != "compile"]
     assert all(0 < r["median_ms"] <= r["p90_ms"] for r in timed)
     assert all(r["note"].startswith("skipped") and r["median_ms"] is None

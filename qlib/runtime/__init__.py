@@ -2,6 +2,9 @@
 
     onnx    export, static QDQ and dynamic int8 quantization, OrtModel   (notebook 03)
     nbits   block-quantized int4 / int8 weights through MatMulNBits      (notebook 09)
+    x86     VPMADDUBSW / VPDPBUSD emulated: the u8 x s8 int8 instructions (notebook 03)
+    ao      torchao: quantize_ configs and PT2E + X86 quantizer          (notebook 03;
+            import ``qlib.runtime.ao`` itself: it imports torchao, so it is not re-exported)
 
 Registers nothing: the recipes that use a runtime live in :mod:`qlib.recipes`.
 """
@@ -12,9 +15,11 @@ from .nbits import (ACCURACY_LEVELS, NBITS, NBitsWeight, dequantized_reference,
                     unpack_nbits)
 from .onnx import (ACTIVATION_TYPES, OrtModel, TensorCalibrationReader, export_onnx,
                    onnx_op_counts, quantize_dynamic_ort, quantize_static_ort)
+from .x86 import INT16_MAX, INT16_MIN, dpbusd, maddubs
 
 __all__ = ["export_onnx", "OrtModel", "TensorCalibrationReader", "quantize_static_ort",
            "quantize_dynamic_ort", "onnx_op_counts", "ACTIVATION_TYPES", "NBitsWeight",
            "quantize_blockwise", "pack_nbits", "unpack_nbits", "dequantized_reference",
            "int8_activations_reference", "matmul_nbits_model", "matmul_fp32_model",
-           "quantize_onnx_nbits", "ort_session", "NBITS", "ACCURACY_LEVELS"]
+           "quantize_onnx_nbits", "ort_session", "NBITS", "ACCURACY_LEVELS", "maddubs", "dpbusd",
+           "INT16_MIN", "INT16_MAX"]

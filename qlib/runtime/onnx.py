@@ -227,8 +227,9 @@ def quantize_static_ort(src: str | Path, dst: str | Path,
     """Static QDQ int8 quantization of an fp32 ONNX file with ONNX Runtime; returns ``dst``.
 
     Introduced in notebook 03. Weights s8, symmetric, per output channel (``per_channel``);
-    activations ``activation`` ("uint8": asymmetric u8, the fast u8 x s8 path on x86;
-    "int8": s8, symmetric-capable but without a fast kernel here) with per-tensor ranges
+    activations ``activation`` ("uint8": asymmetric u8, the fast u8 x s8 path of x86's
+    VPMADDUBSW / VPDPBUSD, see :mod:`qlib.runtime.x86`; "int8": s8, symmetric-capable,
+    measured slower here, since AVX2 / VNNI take u8 x s8 only) with per-tensor ranges
     from MinMax calibration on ``calibration`` (batches (N, C, H, W) or a
     :class:`TensorCalibrationReader`). Weight scales use ORT's restricted symmetric range
     [-127, 127]: ``s_w = max|w| / 127`` per channel; biases are stored as int32 at scale
