@@ -65,12 +65,21 @@ def course_model(num_classes: int = 10, in_channels: int = 1, image_size: int = 
 
 
 def teacher_model(num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> SmallCNN:
-    """A wider teacher for distillation (about 1.7M parameters), with dropout."""
+    """A wider teacher for distillation: ``SmallCNN(channels=(64, 128), hidden=512)`` with dropout 0.3.
+
+    With the defaults (10 classes, 1x28x28 images) it holds 1,850,826 parameters, about 16x
+    the course model's 117,114 (count them with ``sum(p.numel() for p in m.parameters())``).
+    Notebook 06 uses the course model as its teacher instead (see there why).
+    """
     return SmallCNN((64, 128), 512, num_classes, in_channels, image_size, dropout=0.3)
 
 
 def student_model(num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> SmallCNN:
-    """A narrow student for distillation (about 7k parameters)."""
+    """A narrow student for distillation: ``SmallCNN(channels=(4, 8), hidden=32)``.
+
+    With the defaults (10 classes, 1x28x28 images) it holds 7,686 parameters. Introduced in
+    notebook 06.
+    """
     return SmallCNN((4, 8), 32, num_classes, in_channels, image_size)
 
 
