@@ -247,7 +247,8 @@ def generation_rows(model: GPT, *, batches: Sequence[int] = (1, 8), new_tokens: 
     ``tokens_per_s`` = batch * 1000 / median_ms; ``size_bytes`` the fp32 weights;
     ``weight_gbs`` the weight bytes read per second if every step reads them once.
     fp32 in torch only: the course LM's int4 gain is shown by its roofline (notebook 09), not
-    measured here. Introduced in notebook 09.
+    measured here. Used by ``python -m qlib deploy --suite lm`` (notebook 09 runs
+    :func:`lm_suite` and shows the report's LM rows; it does not call this itself).
 
     >>> from qlib.gpt import GPTConfig
     >>> tiny = GPT(GPTConfig(vocab_size=10, block_size=16, n_layer=1, n_head=2, d_model=8))

@@ -100,7 +100,8 @@ def evaluate_lm_variant(variant: Variant, data: TextSplits, reference: dict | No
     latency_ms`` (one decode step, batch 1, median, 1 thread), ``latency_p90_ms, params,
     nonzeros, extra``; in memory only, ``preds`` and ``window_nll`` (of ``variant.model``).
     When ``variant.extra["seeds"]`` lists per-seed results (the students of notebook 10),
-    perplexity, nll, accuracy and agreement are their means. Introduced in notebook 09."""
+    perplexity, nll, accuracy and agreement are their means. Every row of ``python -m qlib
+    report --task lm``, which notebooks 09 and 10 describe; they do not call it directly."""
     ev = evaluate_lm(variant.model, data, "test", reference=reference)
     lat = decode_step_latency(variant.model, repeats=latency_repeats)
     seeds = variant.extra.get("seeds")

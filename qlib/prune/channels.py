@@ -10,6 +10,18 @@ C_out), and cut every tensor that carries those channels:
     next conv weight[:, keep]                                 (C_in -> k)
     or Linear weight[:, cols] after Flatten, cols = the HW inputs of each kept channel
 
+Which filters are weak? When a BatchNorm follows the conv, the filter norm alone says little:
+BN divides channel c by its own spread sigma_c = sqrt(var_c + eps), so multiplying W[c] by
+any k > 0 leaves the BN output unchanged (sigma_c scales by k too) while ||W[c]|| scales by
+k. ``criterion`` chooses the score (shapes (C_out,)):
+
+    "weight"     ||W[c]||_p                               (default; ln_structured's ranking)
+    "bn-folded"  ||W[c] * gamma_c / sigma_c||_p            (the weight BN folding would ship)
+    "bn-gamma"   |gamma_c|                                 (network slimming, Liu et al. 2017)
+
+Both BN criteria are unchanged by that rescaling. |gamma_c| is the standard deviation of the
+BN output of channel c over the statistics BN was normalising with (the running ones in eval).
+
 A removed channel is not quite silent: its output is the constant a_c = act(BN(bias_c))
 (0 before BN, BN's shift after it). Its contribution to the next layer, sum over the
 kernel of W_next[o, c] * a_c, is folded into that layer's bias (or into the running mean of
@@ -22,6 +34,11 @@ example input), such as every ``SmallCNN`` in ``qlib.models``.
 
 >>> channel_mask(torch.tensor([[[[1.0]]], [[[-3.0]]], [[[2.0]]]]), 1 / 3)
 tensor([False,  True,  True])
+>>> bn = nn.BatchNorm2d(3).eval()
+>>> with torch.no_grad():
+...     _ = bn.weight.copy_(torch.tensor([1.0, 0.1, 2.0])), bn.running_var.fill_(4.0)
+>>> channel_scores(torch.tensor([[[[1.0]]], [[[-3.0]]], [[[2.0]]]]), bn, criterion="bn-folded")
+tensor([0.5000, 0.1500, 2.0000])
 """
 
 from __future__ import annotations
@@ -32,7 +49,9 @@ from torch import Tensor, nn
 from .._util import check_sparsity
 from .masks import baked_copy
 
-__all__ = ["channel_norms", "channel_mask", "prune_channels"]
+__all__ = ["CRITERIA", "channel_norms", "channel_scores", "channel_mask", "prune_channels"]
+
+CRITERIA = ("weight", "bn-folded", "bn-gamma")
 
 # Modules that may sit between a conv and the next weight layer, each per channel.
 _ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid)
@@ -62,12 +81,52 @@ def channel_mask(weight: Tensor, amount: float, norm: int = 1) -> Tensor:
     Introduced in notebook 05. The channels ``torch.nn.utils.prune.ln_structured(amount,
     n=norm, dim=0)`` keeps. ``amount`` in [0, 1].
     """
+    return _keep_strongest(channel_norms(weight, norm), amount)
+
+
+def _keep_strongest(scores: Tensor, amount: float) -> Tensor:
+    """True on the C - round(amount * C) largest scores (C,)."""
     amount = check_sparsity(amount, "amount")
-    scores = channel_norms(weight, norm)
     keep = scores.numel() - round(amount * scores.numel())
     mask = torch.zeros_like(scores, dtype=torch.bool)
     mask[torch.topk(scores, keep).indices] = True
     return mask
+
+
+def _check_criterion(criterion: object) -> str:
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {', '.join(map(repr, CRITERIA))}, "
+                         f"got {criterion!r}")
+    return criterion  # type: ignore[return-value]
+
+
+def channel_scores(weight: Tensor, bn: nn.BatchNorm2d | None = None, *,
+                   criterion: str = "weight", norm: int = 1) -> Tensor:
+    """Score of each output channel of a conv (C_out,): the larger, the more it is kept.
+
+    Introduced in notebook 05. ``weight`` (C_out, C_in, kh, kw); ``bn`` the BatchNorm2d
+    right after the conv (needed by the "bn-*" criteria). ``"weight"``: ||W[c]||_p;
+    ``"bn-folded"``: ||W[c]||_p * |gamma_c| / sqrt(var_c + eps), the norm of the folded
+    filter; ``"bn-gamma"``: |gamma_c|. Example in the module docstring.
+    """
+    criterion = _check_criterion(criterion)
+    norms = channel_norms(weight, norm)
+    if criterion == "weight":
+        return norms
+    if not isinstance(bn, nn.BatchNorm2d) or bn.num_features != norms.numel():
+        raise ValueError(f"criterion {criterion!r} needs the BatchNorm2d that follows the "
+                         f"conv, with {norms.numel()} features; got "
+                         f"{type(bn).__name__ if bn is not None else None}; use "
+                         "criterion='weight' for a conv without one")
+    gamma = bn.weight.detach().abs() if bn.affine else torch.ones_like(norms)
+    if criterion == "bn-gamma":
+        if not bn.affine:
+            raise ValueError("criterion 'bn-gamma' needs an affine BatchNorm2d (with gamma); "
+                             "use 'bn-folded' or 'weight'")
+        return gamma
+    if bn.running_var is None:
+        raise ValueError("criterion 'bn-folded' needs a BatchNorm2d with running statistics")
+    return norms * gamma / torch.sqrt(bn.running_var + bn.eps)
 
 
 def _leaves(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -140,14 +199,17 @@ def _fold(nxt: nn.Module, after: nn.Module | None, delta: Tensor) -> None:
 
 
 def prune_channels(model: nn.Module, amount: float | dict[str, float], *, norm: int = 1,
-                   example_input: Tensor | None = None) -> nn.Module:
+                   criterion: str = "weight", example_input: Tensor | None = None) -> nn.Module:
     """A new, smaller dense model with the weakest output channels of each conv removed.
 
     Introduced in notebook 05. ``amount`` is the fraction of channels to remove from every
     conv that feeds another conv or a Linear (the last weight layer is never cut), or a
-    dict ``{conv name: amount}``. Filters are ranked by their L1 (``norm=1``) or L2 norm on
-    the original weights. ``model`` is not changed. ``example_input`` (N, C, H, W) checks
-    that the model is sequential; a ``SmallCNN`` supplies its own from its config.
+    dict ``{conv name: amount}``. Filters are ranked on the original weights by
+    :func:`channel_scores` with ``criterion`` (``"weight"``: their L1 (``norm=1``) or L2
+    norm; ``"bn-folded"``, ``"bn-gamma"``: see the module docstring; these need a
+    BatchNorm2d right after every conv that is cut). ``model`` is not changed.
+    ``example_input`` (N, C, H, W) checks that the model is sequential; a ``SmallCNN``
+    supplies its own from its config.
 
     >>> from qlib.models import course_model
     >>> small = prune_channels(course_model(), 0.5)
@@ -156,6 +218,7 @@ def prune_channels(model: nn.Module, amount: float | dict[str, float], *, norm: 
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected an nn.Module, got {type(model).__name__}")
+    criterion = _check_criterion(criterion)
     new = baked_copy(model)
     leaves = _leaves(new)
     plan = _plan(leaves)
@@ -182,7 +245,13 @@ def prune_channels(model: nn.Module, amount: float | dict[str, float], *, norm: 
     # Decide everything on the original weights first, then cut.
     keeps, consts = {}, {}
     for i, a in amounts.items():
-        keeps[i] = channel_mask(leaves[i][1].weight, a, norm)
+        bn = leaves[i + 1][1] if i + 1 < plan[i] else None
+        if criterion != "weight" and not isinstance(bn, nn.BatchNorm2d):
+            raise ValueError(f"criterion {criterion!r} needs a BatchNorm2d right after "
+                             f"{leaves[i][0]!r}, found {type(bn).__name__}; use "
+                             "criterion='weight'")
+        keeps[i] = _keep_strongest(channel_scores(leaves[i][1].weight, bn,
+                                                  criterion=criterion, norm=norm), a)
         if not keeps[i].any():
             raise ValueError(f"amount {a} would remove every channel of {leaves[i][0]!r}; "
                              "use amount < 1")

@@ -87,7 +87,14 @@ def choose_qparams(x_min: Tensor | float, x_max: Tensor | float, bits: int, *,
 def broadcast_qparam(p: Tensor, x: Tensor, axis: int | None = None,
                      group_size: int | None = None, name: str = "qparam") -> Tensor:
     """View a qparam so that it broadcasts against x: 0-d (per-tensor), 1-d along ``axis``
-    (per-channel) or (..., K // group_size, 1) against x viewed as groups (per-group)."""
+    (per-channel) or (..., K // group_size, 1) against x viewed as groups (per-group).
+
+    A helper of :func:`quantize`, :func:`dequantize` and :func:`fake_quantize` (and of the
+    LSQ module); no notebook calls it directly.
+
+    >>> broadcast_qparam(torch.tensor([1.0, 2.0]), torch.zeros(2, 3), axis=0).shape
+    torch.Size([2, 1])
+    """
     p = torch.as_tensor(p)
     if group_size is not None:
         if axis is not None:
@@ -131,7 +138,10 @@ def minmax(x: Tensor, *, axis: int | None = None, group_size: int | None = None
            ) -> tuple[Tensor, Tensor]:
     """(x_min, x_max) at a granularity: the whole tensor (0-d), per channel along ``axis``
     (1-d, x.shape[axis] entries) or per group of ``group_size`` values along the last axis
-    ((..., K // group_size)). Feed them to :func:`choose_qparams`. Notebooks 01 and 09.
+    ((..., K // group_size)). Feed them to :func:`choose_qparams`. No notebook calls it
+    directly: notebook 09 uses it through :func:`qlib.quant.weightonly.rtn_quantize`
+    (per-channel and per-group round-to-nearest), and GPTQ and the n-bit ONNX export
+    (:mod:`qlib.runtime.nbits`) build their qparams with it.
 
     >>> minmax(torch.tensor([[0., 1., 0., 4.]]), group_size=2)
     (tensor([[0., 0.]]), tensor([[1., 4.]]))
@@ -195,7 +205,8 @@ def quantize(x: Tensor, scale: Tensor, zero_point: Tensor, bits: int, *,
     """Map real values to integers: q = clamp(round(x / scale) + zero_point, qmin, qmax).
 
     Introduced in notebook 01. ``scale`` and ``zero_point`` are 0-d (per-tensor), 1-d with
-    x.shape[axis] entries (per-channel) or (..., K // group_size) (per-group, notebook 09).
+    x.shape[axis] entries (per-channel) or (..., K // group_size) (per-group: notebook 09
+    uses it through :func:`qlib.quant.weightonly.rtn_quantize`).
     Rounding is half to even, as torch.round; the clamp happens in float before the cast
     to int32. Returns int32, x's shape.
 

@@ -6,12 +6,19 @@ straight-through estimator carries the gradient through the rounding to the floa
 weights, and LSQ trains the scales. Training starts from the trained fp32 baseline and
 uses :func:`qlib.train.fit`.
 
-Batch norm is *folded into the convolutions before QAT* (:func:`prepare_qat`): the shipped
-integer model has no BN, so QAT trains exactly the weights that will be quantized, and
-the fine-tune is short with a small learning rate from a trained model, where the
-stabilising effect of batch statistics is not needed (the alternative, freezing BN
-statistics after a warm-up and folding afterwards, rescales the weights after their
-scales were learned).
+Batch norm is *folded into the convolutions before QAT* (:func:`prepare_qat`), with its
+running statistics, W' = W * gamma / sqrt(running_var + eps): the shipped integer model has
+no BN, so QAT trains exactly the weights that will be quantized, and the fine-tune is short
+with a small learning rate from a trained model, where the stabilising effect of batch
+statistics is not needed. The other common way keeps BN in the training graph but still
+fake-quantizes the *folded* weight at every step (Jacob et al. 2018, section 3.2). PyTorch's
+QAT ``torch.ao.nn.intrinsic.qat.ConvBn2d`` does so by default: it scales the weight by
+gamma / sigma_running, fake-quantizes it, convolves, divides the output by the same
+factor and applies BN, which in training mode normalises with the current batch's
+statistics; its slower exact path (Krishnamoorthi 2018) multiplies the output of the
+conv with the folded, fake-quantized weight by sigma_running / sigma_B instead.
+``freeze_bn_stats`` then switches BN to its running statistics, so that the last steps
+train exactly the folded, fake-quantized layer that ships.
 
 Life of a QAT model::
 
