@@ -63,7 +63,7 @@ def test_each_cell_gets_the_nbgrader_metadata_of_its_part():
     assert all(c.metadata.nbgrader["locked"] and not c.metadata.nbgrader["grade"]
                for c in rest), "teaching text and code are read-only"
     assert all(c.outputs == [] for c in source.cells if c.cell_type == "code")
-    assert cells["ex1-code"].metadata[STUB_NAMES] == ["asymmetric_qparams"]
+    assert cells["ex1-code"].metadata[STUB_NAMES] == ["symmetric_qparams"]
     assert "earns 2 points" in source.cells[1].source
 
 
@@ -170,8 +170,8 @@ def _solution(source: nbformat.NotebookNode, gid: str) -> str:
 #: Notebook 01's exercises as one learner answers them, and the points each should earn.
 SUBMISSION = {
     "ex1-code": (lambda s: s, 1.0),                                         # right
-    "ex2-code": (lambda s: s.replace("torch.round(x / scale)",              # wrong: ties
-                                     "torch.floor(x / scale + 0.5)"), 0.0),  # round up
+    "ex2-code": (lambda s: s.replace("torch.round(w / s)",                  # wrong: ties
+                                     "torch.floor(w / s + 0.5)"), 0.0),      # round up
     "ex3-code": (lambda s: s.replace("10 * math.log10(", "10 / 2.3 * math.log("), 0.0),
     "ex4-code": (None, 0.0),                                                # the stub, untouched
 }
