@@ -51,29 +51,12 @@ from collections.abc import Sequence
 from math import sqrt
 from statistics import NormalDist
 
-import numpy as np
-from torch import Tensor
-
 from ._util import check_finite_number, check_int
 from .measure.metrics import agreement, classification_report, confusion_matrix, top_k_accuracy
+from .measure.stats import BoolLike, as_correct
 
 __all__ = ["classification_report", "confusion_matrix", "top_k_accuracy", "agreement",
            "paired_diff_ci", "non_inferiority", "mcnemar_min_p", "holm"]
-
-BoolLike = Tensor | np.ndarray | Sequence[int] | Sequence[bool]
-
-
-def _correct(x: BoolLike, name: str) -> np.ndarray:
-    a = x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
-    if a.ndim != 1 or a.size == 0:
-        raise ValueError(f"{name} must be a non-empty 1-d array of per-image correctness "
-                         f"(0/1 or False/True), got shape {a.shape}")
-    ok = np.isin(a, (0, 1))
-    if not ok.all():
-        raise ValueError(f"{name} must hold only 0/1 or False/True (is the prediction right?), "
-                         f"got {a[~ok].tolist()[0]!r}")
-    return a.astype(bool)
-
 
 def _wilson(x: int, n: int, z: float) -> tuple[float, float]:
     """Wilson score interval (low, high) for x successes out of n (n >= 1)."""
@@ -93,7 +76,7 @@ def paired_diff_ci(correct_a: BoolLike, correct_b: BoolLike, *,
     >>> r["b"], r["c"], r["diff"], r["low"] < -0.03 < 0.0 < r["high"]
     (0, 3, -0.03, True)
     """
-    x, y = _correct(correct_a, "correct_a"), _correct(correct_b, "correct_b")
+    x, y = as_correct(correct_a, "correct_a"), as_correct(correct_b, "correct_b")
     if x.shape != y.shape:
         raise ValueError(f"both models must be scored on the same images, got {len(x)} and "
                          f"{len(y)} per-image results")

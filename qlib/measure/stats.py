@@ -37,7 +37,7 @@ from .._util import as_real_tensor, check_finite_number, check_int, check_logits
 
 __all__ = ["bootstrap_ci", "paired_bootstrap", "paired_mean_diff", "mcnemar", "output_kl",
            "expected_calibration_error", "reliability_bins", "imbalanced_indices",
-           "speed_verdict", "SAME_SPEED"]
+           "speed_verdict", "SAME_SPEED", "as_correct"]
 
 #: What :func:`speed_verdict` says when the rounds do not tell a model from its reference.
 SAME_SPEED = "same, within noise"
@@ -45,7 +45,8 @@ SAME_SPEED = "same, within noise"
 BoolLike = Tensor | np.ndarray | Sequence[int] | Sequence[bool]
 
 
-def _bool(x: BoolLike, name: str) -> np.ndarray:
+def as_correct(x: BoolLike, name: str) -> np.ndarray:
+    """Per-image correctness (1-d, 0/1 or False/True) as a bool array; anything else raises."""
     a = x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
     if a.ndim != 1 or a.size == 0:
         raise ValueError(f"{name} must be a non-empty 1-d array of per-image correctness, "
@@ -81,7 +82,7 @@ def bootstrap_ci(correct: BoolLike, *, n_boot: int = 2000, confidence: float = 0
     images with replacement; the interval is the (1-confidence)/2 and (1+confidence)/2
     quantiles of the resampled accuracies.
     """
-    c = _bool(correct, "correct")
+    c = as_correct(correct, "correct")
     _check_boot(n_boot, confidence)
     rng = np.random.default_rng(seed)
     accs = c[rng.integers(0, len(c), (n_boot, len(c)))].mean(1)
@@ -96,7 +97,7 @@ def paired_bootstrap(correct_a: BoolLike, correct_b: BoolLike, *, n_boot: int = 
     Returns ``{"diff", "low", "high", "p_value"}``; ``p_value`` is the two-sided bootstrap
     p-value of "no difference" (twice the smaller tail mass at 0, at most 1).
     """
-    a, b = _bool(correct_a, "correct_a"), _bool(correct_b, "correct_b")
+    a, b = as_correct(correct_a, "correct_a"), as_correct(correct_b, "correct_b")
     if a.shape != b.shape:
         raise ValueError(f"both models must be scored on the same images, got {len(a)} and "
                          f"{len(b)}")
@@ -146,7 +147,7 @@ def mcnemar(correct_a: BoolLike, correct_b: BoolLike) -> dict:
     Only discordant images count: ``b`` = A right & B wrong, ``c`` = A wrong & B right.
     Returns ``{"b", "c", "p_value"}`` (two-sided exact binomial, as scipy's ``binomtest``).
     """
-    a, bb = _bool(correct_a, "correct_a"), _bool(correct_b, "correct_b")
+    a, bb = as_correct(correct_a, "correct_a"), as_correct(correct_b, "correct_b")
     if a.shape != bb.shape:
         raise ValueError(f"both models must be scored on the same images, got {len(a)} and "
                          f"{len(bb)}")
