@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import io
 import keyword
+import re
 import textwrap
 import tokenize
 from dataclasses import dataclass
@@ -264,6 +265,22 @@ def test_no_solution_is_mostly_an_earlier_by_hand_cell(path):
     nb = nbformat.read(path, as_version=4)
     problems = copies_in(nb, path.name, mostly=True)
     assert not problems, "\n\n".join(problems)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name[:2])
+def test_the_questions_have_an_answer_key_for_each_question(path):
+    # Issue 15 item 4: the answer key follows the questions in the instructor copy only
+    # (workbook.ANSWER_KEY; the student copy and the nbgrader release drop it).
+    nb = nbformat.read(path, as_version=4)
+    q = questions_cell(nb)
+    assert q is not None and q + 1 < len(nb.cells), f"{path.name}: no '{QUESTIONS}' cell"
+    key = nb.cells[q + 1]
+    assert workbook.is_answer_key(key), (f"{path.name}: the cell after '{QUESTIONS}' is not an "
+                                         f"answer key (first line {workbook.ANSWER_KEY})")
+    asked = re.findall(r"^(\d+)\. ", nb.cells[q].source, re.M)
+    answered = re.findall(r"^\**(\d+)[.)]", key.source, re.M)
+    assert asked and answered == asked, (f"{path.name}: questions {asked} but answers "
+                                         f"{answered}; answer each question, in order")
 
 
 def test_there_are_notebooks_with_exercises():
