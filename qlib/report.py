@@ -456,7 +456,8 @@ def _challenge_md(ch: dict) -> str:
                  f"{best['size_bytes']:,} bytes ({best['compression']:.1f}x smaller), "
                  f"{100 * best['accuracy']:.2f}% accuracy ({best['drop_points']:+.2f} points). ")
     text += ("Enter your own: save the course model with `qlib.pipeline.save_compressed` into "
-             "a file and pass it to `build_report(challenge=[FILE])` (notebook 08).\n\n")
+             "a file and score it with `python -m qlib report --out DIR --challenge FILE` (or "
+             "`build_report(challenge=[FILE])`; notebook 08).\n\n")
     for e in ch["entries"]:
         r = next(s for s in ch["standings"] if s["name"] == e["name"])
         text += (f"- {e['name']}: rank {r['rank']}\n" if r["rank"] else
