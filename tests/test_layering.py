@@ -41,7 +41,7 @@ LAYERS: list[tuple[str, ...]] = [
 
 #: Third-party modules that may be imported inside a function (optional or heavy).
 LAZY_OK = ("matplotlib", "ipywidgets", "IPython", "onnxruntime", "torchvision", "mlxtend",
-           "sklearn", "scipy", "pydoc_data")
+           "sklearn", "scipy", "pydoc_data", "torchao")
 
 
 @dataclass

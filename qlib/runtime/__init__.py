@@ -4,7 +4,7 @@
     nbits   block-quantized int4 / int8 weights through MatMulNBits      (notebook 09)
     x86     VPMADDUBSW / VPDPBUSD emulated: the u8 x s8 int8 instructions (notebook 03)
     ao      torchao: quantize_ configs and PT2E + X86 quantizer          (notebook 03;
-            import ``qlib.runtime.ao`` itself: it imports torchao, so it is not re-exported)
+            import ``qlib.runtime.ao`` by name; it loads torchao on first use)
 
 Registers nothing: the recipes that use a runtime live in :mod:`qlib.recipes`.
 """

@@ -44,14 +44,7 @@ import copy
 from collections.abc import Iterable
 
 import torch
-import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86q
 from torch import Tensor, nn
-from torchao.quantization import (Int4WeightOnlyConfig, Int8DynamicActivationInt8WeightConfig,
-                                  Int8WeightOnlyConfig, quantize_)
-from torchao.quantization.pt2e import MinMaxObserver, allow_exported_model_train_eval
-from torchao.quantization.pt2e.lowering import lower_pt2e_quantized_to_x86
-from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-from torchao.quantization.pt2e.quantizer import QuantizationSpec
 
 __all__ = ["int8_dynamic", "int8_weight_only", "int4_weight_only", "pt2e_int8", "X86Int8",
            "pt2e_qparams", "X86_EPS", "OBSERVERS"]
@@ -62,6 +55,8 @@ OBSERVERS = ("histogram", "minmax")
 
 
 def _quantized_copy(model: nn.Module, config) -> nn.Module:
+    # lazy: torchao takes seconds to import and warns on stderr; load it on first use
+    from torchao.quantization import quantize_
     out = copy.deepcopy(model).eval()
     quantize_(out, config)
     return out
@@ -73,11 +68,15 @@ def int8_dynamic(model: nn.Module) -> nn.Module:
     Weights s8 per output channel; each input row is quantized to s8 at every call with
     ``s = max|x_row| / 127.5``; the integer product is rescaled to float.
     """
+    # lazy: torchao takes seconds to import and warns on stderr; load it on first use
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig
     return _quantized_copy(model, Int8DynamicActivationInt8WeightConfig())
 
 
 def int8_weight_only(model: nn.Module) -> nn.Module:
     """A copy whose ``nn.Linear`` weights are s8 per output channel; activations stay float."""
+    # lazy: torchao takes seconds to import and warns on stderr; load it on first use
+    from torchao.quantization import Int8WeightOnlyConfig
     return _quantized_copy(model, Int8WeightOnlyConfig())
 
 
@@ -85,11 +84,19 @@ def int4_weight_only(model: nn.Module, group_size: int = 128) -> nn.Module:
     """A copy with int4 weights in groups of ``group_size`` along K (torchao's default
     packing). Raises where torchao has no int4 kernel for the device (a CPU-only install:
     ImportError for the ``mslk`` kernels), rather than faking the result."""
+    # lazy: torchao takes seconds to import and warns on stderr; load it on first use
+    from torchao.quantization import Int4WeightOnlyConfig
     return _quantized_copy(model, Int4WeightOnlyConfig(group_size=group_size,
                                                        set_inductor_config=False))
 
 
 def _x86_config(observer: str, reduce_range: bool):
+    # lazy: torchao takes seconds to import and warns on stderr; load it on first use
+    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86q
+    # lazy, as above
+    from torchao.quantization.pt2e import MinMaxObserver
+    # lazy, as above
+    from torchao.quantization.pt2e.quantizer import QuantizationSpec
     config = x86q.get_default_x86_inductor_quantization_config(reduce_range=reduce_range)
     if observer == "histogram":
         return config
@@ -112,6 +119,12 @@ def pt2e_int8(model: nn.Module, calibration: Iterable[Tensor], *, observer: str 
     """
     if observer not in OBSERVERS:
         raise ValueError(f"observer must be one of {OBSERVERS}, got {observer!r}")
+    # lazy: torchao takes seconds to import and warns on stderr; load it on first use
+    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86q
+    # lazy, as above
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    # lazy, as above
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     batches = list(calibration)
     if not batches:
         raise ValueError("calibration must hold at least one batch (N, ...), got none")
@@ -147,6 +160,8 @@ class X86Int8:
         sizes = sorted(set(int(b) for b in batch_sizes))
         if not sizes or sizes[0] < 1:
             raise ValueError(f"batch_sizes must hold positive ints, got {list(batch_sizes)}")
+        # lazy: torchao takes seconds to import and warns on stderr; load it on first use
+        from torchao.quantization.pt2e.lowering import lower_pt2e_quantized_to_x86
         self.graphs: dict[int, torch.fx.GraphModule] = {}
         with torch.no_grad():
             for b in sizes:
