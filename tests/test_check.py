@@ -92,7 +92,49 @@ def test_value_nested_structures_name_the_path():
     want = {"median_ms": 1.0, "runs": (torch.tensor([1.0, 9.0]), 3)}
     r = check_value(got, want)
     assert r.status == "wrong" and r.where == "['runs'][0](1,)"
+    assert "Wrong in item ['runs'][0] of the answer at index (1,)" in r.message
     assert check_value(want, want).passed
+
+
+@pytest.mark.parametrize("got, words", [
+    ((torch.tensor([1.0, 5.0]), torch.zeros(2)), "Wrong in the first returned tensor at index (1,)"),
+    ((torch.tensor([1.0, 2.0]), torch.ones(2)), "Wrong in the second returned tensor at index (0,)"),
+    ((torch.tensor([1.0, 2.0]), None), "Wrong type in the second returned tensor: you return None"),
+    ((torch.tensor([1.0, 2.0]), torch.zeros(3)), "Wrong shape in the second returned tensor"),
+])
+def test_value_a_returned_tuple_names_its_item_in_words(got, words):
+    r = check_value(got, (torch.tensor([1.0, 2.0]), torch.zeros(2)))
+    assert not r.passed and r.message.startswith(words), r.message
+    assert "[0]" not in r.message and "[1]" not in r.message
+
+
+def test_value_a_returned_dict_names_its_key():
+    r = check_value({"median_ms": 1.5, "p90_ms": 2.0}, {"median_ms": 1.0, "p90_ms": 2.0})
+    assert r.message.startswith("Wrong in the returned entry 'median_ms': you return 1.5")
+    assert r.where == "['median_ms']"
+
+
+def test_function_says_repeated_input_descriptions_once_with_a_count():
+    w, vectors = torch.randn(16, 1, 5, 5), [torch.randn(16) for _ in range(5)]
+
+    def fold(w, b, gamma, beta, mean, var, eps):
+        return w * gamma.view(-1, 1, 1, 1), b + beta
+
+    def off_by_one(*args):
+        weight, bias = fold(*args)
+        weight[10, 0, 4, 2] += 1
+        return weight, bias
+
+    r = check_function(off_by_one, fold, [(w, *vectors, 1e-5)])
+    assert r.message.startswith("Wrong in the first returned tensor at index (10, 0, 4, 2)")
+    assert r.message.endswith("(Input 1 of 1: a torch.float32 tensor of shape (16, 1, 5, 5), "
+                              "five torch.float32 tensors of shape (16,), 1e-05.)"), r.message
+    assert r.message.count("shape (16,)") == 1
+    # equal numbers stay listed one by one: their positions are what a learner reads
+    r = check_function(lambda a, b, c: a, lambda a, b, c: b + 1, [(2, 2, np.zeros(3))])
+    assert "(Input 1 of 1: 2, 2, a float64 array of shape (3,).)" in r.message
+    r = check_function(lambda *a: 1 / 0, lambda *a: 0, [(np.zeros(2), np.zeros(2))])
+    assert "input 1 of 1 (two float64 arrays of shape (2,))" in r.message
 
 
 def test_value_nan_matches_only_nan():

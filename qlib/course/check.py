@@ -92,6 +92,48 @@ def _fmt(x: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _describe_args(args: tuple) -> str:
+    """The inputs of one call, a run of equal descriptions said once with its count:
+    "a torch.float32 tensor of shape (16, 1, 5, 5), five torch.float32 tensors of shape (16,),
+    1e-05" (not the same words five times)."""
+    descriptions = [_fmt(a) for a in args]
+    out: list[str] = []
+    i = 0
+    while i < len(descriptions):
+        j = i
+        while j + 1 < len(descriptions) and descriptions[j + 1] == descriptions[i]:
+            j += 1
+        text, n = descriptions[i], j - i + 1
+        plural = text.split(" ", 1)[1].replace(" tensor of ", " tensors of ", 1).replace(
+            " array of ", " arrays of ", 1) if n > 1 and text.startswith(("a ", "an ")) else ""
+        count = _NUMBERS[n] if n < len(_NUMBERS) else str(n)
+        out.append(f"{count} {plural}" if plural else ", ".join([text] * n))
+        i = j + 1
+    return ", ".join(out)
+
+
+_NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+            "ten")
+_ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth",
+             "ninth", "tenth")
+
+
+def _place(steps: tuple, expected: Any) -> str:
+    """Where in a returned tuple / list / dict a message is about, in words: " in the first
+    returned tensor", " in the returned entry 'median_ms'", " in item [0][1] of the answer"."""
+    if not steps:
+        return ""
+    if len(steps) > 1:
+        return " in item " + "".join(f"[{s!r}]" for s in steps) + " of the answer"
+    step = steps[0]
+    if not isinstance(step, int):
+        return f" in the returned entry {step!r}"
+    noun = {"tensor": "tensor", "array": "array", "number": "number", "bool": "bool",
+            "sequence": type(expected).__name__, "dict": "dict"}.get(_kind(expected), "value")
+    nth = _ORDINALS[step] if step < len(_ORDINALS) else f"number {step + 1} of the"
+    return f" in the {nth} returned {noun}"
+
+
 def _kind(x: Any) -> str:
     if x is None:
         return "None"
@@ -117,9 +159,12 @@ def _as_array(x: Any) -> np.ndarray:
 
 
 def _compare(value: Any, expected: Any, atol: float, rtol: float, close_rtol: float,
-             check_dtype: bool, path: str = "") -> CheckResult:
-    """Compare one answer with one expected value (recursively for tuples, lists, dicts)."""
-    at = f" at {path}" if path else ""
+             check_dtype: bool, path: str = "", steps: tuple = ()) -> CheckResult:
+    """Compare one answer with one expected value (recursively for tuples, lists, dicts).
+
+    ``path`` is the machine-readable place ("[0]", "['runs'][0]"), ``steps`` the same keys
+    for the message (see :func:`_place`)."""
+    at = _place(steps, expected)
     if value is Ellipsis:
         return CheckResult("not attempted", "Not attempted yet: the answer is still `...`.")
     kind_v, kind_e = _kind(value), _kind(expected)
@@ -137,8 +182,8 @@ def _compare(value: Any, expected: Any, atol: float, rtol: float, close_rtol: fl
         if len(value) != len(expected):
             return CheckResult("shape", f"Wrong length{at}: you return {len(value)} items, "
                                f"expected {len(expected)}.")
-        parts = [_compare(v, e, atol, rtol, close_rtol, check_dtype, f"{path}[{i}]")
-                 for i, (v, e) in enumerate(zip(value, expected))]
+        parts = [_compare(v, e, atol, rtol, close_rtol, check_dtype, f"{path}[{i}]",
+                          (*steps, i)) for i, (v, e) in enumerate(zip(value, expected))]
         return _worst(parts)
     if kind_e == "dict":
         if set(value) != set(expected):
@@ -146,7 +191,7 @@ def _compare(value: Any, expected: Any, atol: float, rtol: float, close_rtol: fl
                 map(str, set(value) - set(expected)))
             return CheckResult("shape", f"Wrong keys{at}: missing {missing}, unexpected {extra}.")
         parts = [_compare(value[k], expected[k], atol, rtol, close_rtol, check_dtype,
-                          f"{path}[{k!r}]") for k in expected]
+                          f"{path}[{k!r}]", (*steps, k)) for k in expected]
         return _worst(parts)
     if kind_e not in ("number", "bool", "tensor", "array"):
         ok = value == expected
@@ -173,8 +218,7 @@ def _compare(value: Any, expected: Any, atol: float, rtol: float, close_rtol: fl
     idx = np.unravel_index(flat, diff.shape) if diff.ndim else ()
     index = str(tuple(int(i) for i in idx)) if idx else ""
     where = (path + index) or None  # e.g. "(3, 1)", "['median_ms']", "[0](2,)"
-    loc = " at" + (f" {path}" if path else "") + (f" index {index}" if index else "")
-    loc = "" if loc == " at" else loc
+    loc = at + (f" at index {index}" if index else "")  # " in the first returned tensor at index (2,)"
     biggest, got, want = float(diff.flat[flat]), v64.flat[flat], e64.flat[flat]
     bad_tol = diff > atol + rtol * np.abs(e64)
     if not bad_tol.any():
@@ -241,7 +285,7 @@ def _error_result(err: BaseException, i: int, n: int, args: tuple) -> CheckResul
     frames = traceback.extract_tb(err.__traceback__)
     line = f" (in line `{frames[-1].line}`)" if frames and frames[-1].line else ""
     return CheckResult("error", f"Your code raised {type(err).__name__}: {err}{line}, on "
-                       f"input {i + 1} of {n} ({', '.join(map(_fmt, args))}).", input_index=i)
+                       f"input {i + 1} of {n} ({_describe_args(args)}).", input_index=i)
 
 
 def _inputs(inputs: Sequence[Any], random: Callable[[torch.Generator], Any] | None,
@@ -292,7 +336,7 @@ def check_function(answer: Callable[..., Any], reference: Callable[..., Any],
             diffs.append(r.max_diff)
         if not r.passed and (worst is None or _RANK[r.status] > _RANK[worst.status]):
             worst = CheckResult(r.status, f"{r.message} (Input {i + 1} of {len(cases)}: "
-                                f"{', '.join(map(_fmt, args))}.)", r.max_diff, r.where, i)
+                                f"{_describe_args(args)}.)", r.max_diff, r.where, i)
     if worst is not None:
         return worst
     big = max(diffs, default=0.0)

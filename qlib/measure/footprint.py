@@ -5,8 +5,13 @@ Introduced in notebook 00 (``qlib.bench`` re-exports these names, the course con
 
 from __future__ import annotations
 
+import contextlib
 import io
-from collections.abc import Callable
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +104,41 @@ def count_macs(model: nn.Module, example_input: Inputs) -> int:
     return int(total[0])
 
 
+# Kineto, the C++ library behind torch.profiler, logs its own progress straight to file
+# descriptor 2 ("USDT: ... profiler_start", "STAGE: ...", and on a CUDA build of torch on a
+# machine with no GPU "ERROR: ... gpuGetDeviceCount failed with code 35"). None of it is an
+# error for a CPU-only measurement, but a learner sees it as a red box in the notebook.
+_PROFILER_CHATTER = re.compile(
+    r"^(USDT|STAGE|INFO):\d{4}-\d\d-\d\d .*\.cpp:\d+\]"
+    r"|^ERROR:\d{4}-\d\d-\d\d .*\] gpuGetDeviceCount failed")
+
+
+@contextlib.contextmanager
+def _quiet_profiler_log() -> Iterator[None]:
+    """Send file descriptor 2 to a temporary file while the profiler runs, then write back
+    to ``sys.stderr`` every line that is not the profiler's known progress chatter (so a
+    real error still shows). Without a usable descriptor 2 it does nothing."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            text = tmp.read().decode(errors="replace")
+            kept = [line for line in text.splitlines(keepends=True)
+                    if not _PROFILER_CHATTER.match(line)]
+            if kept:
+                sys.stderr.write("".join(kept))
+
+
 def peak_memory(model: nn.Module | Callable[..., Any], example_input: Inputs) -> dict:
     """Peak memory of one inference forward pass, in bytes, measured at the allocator.
 
@@ -125,9 +165,10 @@ def peak_memory(model: nn.Module | Callable[..., Any], example_input: Inputs) ->
     args = as_args(example_input)
     with inference(model):
         model(*args)  # warm-up: one-off allocations (caches, packed weights) are not the peak
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            model(*args)
-    events = prof.profiler.kineto_results.events()  # the data export_memory_timeline uses
+        with _quiet_profiler_log():
+            with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+                model(*args)
+            events = prof.profiler.kineto_results.events()  # what export_memory_timeline uses
     deltas = [(e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]"]
     deltas.sort(key=lambda d: d[0])  # stable: simultaneous events keep their order
     live = peak = 0

@@ -41,6 +41,7 @@ torch.Size([1000, 10])
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Iterable
 
 import torch
@@ -54,8 +55,23 @@ X86_EPS = 2.0 ** -12
 OBSERVERS = ("histogram", "minmax")
 
 
+def _load_torchao() -> None:
+    """Import torchao once with the ``torch.utils._pytree`` logger muted: torchao's import logs
+    a deprecation notice about torch internals ("register_constant() on Enum subclasses is
+    deprecated") to stderr, a third-party message a learner can do nothing about and reads
+    as a red error box. Other loggers, and this one after the import, are untouched."""
+    log = logging.getLogger("torch.utils._pytree")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        import torchao.quantization  # noqa: F401 - lazy: seconds to import, only when used
+    finally:
+        log.setLevel(level)
+
+
 def _quantized_copy(model: nn.Module, config) -> nn.Module:
-    # lazy: torchao takes seconds to import and warns on stderr; load it on first use
+    _load_torchao()
+    # lazy: torchao takes seconds to import; load it on first use
     from torchao.quantization import quantize_
     out = copy.deepcopy(model).eval()
     quantize_(out, config)
@@ -68,14 +84,16 @@ def int8_dynamic(model: nn.Module) -> nn.Module:
     Weights s8 per output channel; each input row is quantized to s8 at every call with
     ``s = max|x_row| / 127.5``; the integer product is rescaled to float.
     """
-    # lazy: torchao takes seconds to import and warns on stderr; load it on first use
+    _load_torchao()
+    # lazy: torchao takes seconds to import; load it on first use
     from torchao.quantization import Int8DynamicActivationInt8WeightConfig
     return _quantized_copy(model, Int8DynamicActivationInt8WeightConfig())
 
 
 def int8_weight_only(model: nn.Module) -> nn.Module:
     """A copy whose ``nn.Linear`` weights are s8 per output channel; activations stay float."""
-    # lazy: torchao takes seconds to import and warns on stderr; load it on first use
+    _load_torchao()
+    # lazy: torchao takes seconds to import; load it on first use
     from torchao.quantization import Int8WeightOnlyConfig
     return _quantized_copy(model, Int8WeightOnlyConfig())
 
@@ -84,14 +102,16 @@ def int4_weight_only(model: nn.Module, group_size: int = 128) -> nn.Module:
     """A copy with int4 weights in groups of ``group_size`` along K (torchao's default
     packing). Raises where torchao has no int4 kernel for the device (a CPU-only install:
     ImportError for the ``mslk`` kernels), rather than faking the result."""
-    # lazy: torchao takes seconds to import and warns on stderr; load it on first use
+    _load_torchao()
+    # lazy: torchao takes seconds to import; load it on first use
     from torchao.quantization import Int4WeightOnlyConfig
     return _quantized_copy(model, Int4WeightOnlyConfig(group_size=group_size,
                                                        set_inductor_config=False))
 
 
 def _x86_config(observer: str, reduce_range: bool):
-    # lazy: torchao takes seconds to import and warns on stderr; load it on first use
+    _load_torchao()
+    # lazy: torchao takes seconds to import; load it on first use
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86q
     # lazy, as above
     from torchao.quantization.pt2e import MinMaxObserver
@@ -119,7 +139,8 @@ def pt2e_int8(model: nn.Module, calibration: Iterable[Tensor], *, observer: str 
     """
     if observer not in OBSERVERS:
         raise ValueError(f"observer must be one of {OBSERVERS}, got {observer!r}")
-    # lazy: torchao takes seconds to import and warns on stderr; load it on first use
+    _load_torchao()
+    # lazy: torchao takes seconds to import; load it on first use
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86q
     # lazy, as above
     from torchao.quantization.pt2e import allow_exported_model_train_eval
@@ -160,7 +181,8 @@ class X86Int8:
         sizes = sorted(set(int(b) for b in batch_sizes))
         if not sizes or sizes[0] < 1:
             raise ValueError(f"batch_sizes must hold positive ints, got {list(batch_sizes)}")
-        # lazy: torchao takes seconds to import and warns on stderr; load it on first use
+        _load_torchao()
+    # lazy: torchao takes seconds to import; load it on first use
         from torchao.quantization.pt2e.lowering import lower_pt2e_quantized_to_x86
         self.graphs: dict[int, torch.fx.GraphModule] = {}
         with torch.no_grad():
