@@ -141,10 +141,24 @@ def verdict(row: dict) -> str:
               f"{abs(drop):.2f} accuracy points {'lost' if drop > 0 else 'gained'}")
     stat = ("a real difference (McNemar p = {p:.3f})" if significant else
             "within noise on this test set (McNemar p = {p:.2f})").format(p=row["mcnemar_p"])
-    return (f"**{row['name']}** ({row['technique']}): {row['compression']:.1f}x smaller on "
+    text = (f"**{row['name']}** ({row['technique']}): {row['compression']:.1f}x smaller on "
             f"disk; speed: {speed_text(row)}; {change}, {stat}; agrees with the baseline on "
             f"{100 * row['agreement']:.1f}% of test images (macro F1 "
             f"{100 * row['f1']:.2f}%, ECE {row['ece']:.3f}).")
+    extra = row.get("extra") or {}
+    if extra.get("n_seeds"):  # notebook 06's students: accuracy and F1 are seed means
+        text += (f" Accuracy and F1 are the mean of {extra['n_seeds']} seeds (accuracy std "
+                 f"{100 * extra['accuracy_std']:.2f} points); McNemar p, agreement and ECE "
+                 "are seed 0's model.")
+        if extra.get("gap_closed") is not None:
+            worst = max(p["mcnemar_p"] for p in extra["paired_vs_scratch"])
+            text += (f" Against scratch-student (same seeds, setting {extra['setting']}): "
+                     f"{100 * (extra['accuracy_mean'] - extra['scratch_accuracy_mean']):+.2f} "
+                     f"points, {100 * extra['gap_closed']:.0f}% of the teacher - scratch gap "
+                     f"closed; paired McNemar p per seed at most {worst:.2g}.")
+    if extra.get("note"):  # notebook 11's mobile rows: another architecture, not a copy
+        text += f" Note: {extra['note']}."
+    return text
 
 
 def _chosen(task: str, only: Sequence[str] | None) -> tuple[dict, list[str]]:
@@ -358,7 +372,8 @@ def report_table(rows: Sequence[dict], baseline: dict) -> str:
         lo, hi = r["accuracy_ci"]
         table.append({
             "name": r["name"], "technique": r["technique"],
-            "accuracy % (95% CI)": f"{100 * r['accuracy']:.2f} ({100 * lo:.1f}–{100 * hi:.1f})",
+            "accuracy % (95% CI)": f"{100 * r['accuracy']:.2f}{_seed_spread(r)} "
+                                   f"({100 * lo:.1f}–{100 * hi:.1f})",
             "macro F1 %": f"{100 * r['f1']:.2f}", "McNemar p": f"{r['mcnemar_p']:.3f}",
             "size KB": f"{r['size_bytes'] / 1024:.1f}", "smaller": f"{r['compression']:.1f}x",
             "latency ms": ("— (simulated)" if r.get("execution") == "simulated"
@@ -366,6 +381,15 @@ def report_table(rows: Sequence[dict], baseline: dict) -> str:
             "speed (vs its fp32 reference)": _speed_cell(r), "params": f"{r['params']:,}",
             "non-zeros": f"{r['nonzeros']:,}", "agreement %": f"{100 * r['agreement']:.1f}"})
     return markdown_table(table) + "\n"
+
+
+def _seed_spread(r: dict) -> str:
+    """" ± std, mean of n seeds" for a row trained over several seeds (notebook 06's students),
+    else ""."""
+    extra = r.get("extra") or {}
+    if not extra.get("n_seeds"):
+        return ""
+    return f" ± {100 * extra['accuracy_std']:.2f}, mean of {extra['n_seeds']} seeds"
 
 
 def _speed_cell(r: dict) -> str:

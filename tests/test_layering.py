@@ -29,8 +29,10 @@ ROOT = Path(__file__).resolve().parent.parent / "qlib"
 LAYERS: list[tuple[str, ...]] = [
     ("qlib", "qlib._util", "qlib._files"),                   # the root and its helpers
     ("qlib.measure", "qlib.codec"),                          # measured / coded: no core
-    ("qlib.data", "qlib.models", "qlib.train", "qlib.text", "qlib.gpt", "qlib.lm"),  # core
-    ("qlib.quant", "qlib.prune", "qlib.distill", "qlib.distill_lm"),  # the techniques
+    ("qlib.corrupt", "qlib.data", "qlib.models", "qlib.train", "qlib.text", "qlib.gpt",
+     "qlib.lm"),                                              # core
+    ("qlib.quant", "qlib.prune", "qlib.distill", "qlib.distill_lm",
+     "qlib.arch"),                                            # the techniques
     ("qlib.pipeline",),                                      # Deep Compression
     ("qlib.runtime",),                                       # ONNX / ONNX Runtime
     ("qlib.recipes",),                                       # every recipe, one list

@@ -6,7 +6,7 @@ was imported before it, and importing a technique never registers anything.
 
 from __future__ import annotations
 
-from . import distill, lm, lm_compress, pipeline, prune, quant, runtime
+from . import arch, distill, lm, lm_compress, pipeline, prune, quant, runtime
 from .registry import Recipe
 
 __all__ = ["RECIPES", "load_recipes", "get_recipe", "index_recipes"]
@@ -43,13 +43,24 @@ _ALL = [
     # distillation (notebook 06)
     Recipe("teacher", "distillation", "the teacher of kd-student: the fp32 course baseline",
            distill.teacher_recipe),
-    Recipe("scratch-student", "distillation", "narrow student (7.7k params) trained on labels",
-           distill.scratch_student_recipe),
-    Recipe("kd-student", "distillation", "the same student, same budget, distilled from the "
-           "baseline", distill.kd_student_recipe),
+    Recipe("scratch-student", "distillation", "narrow student (7.7k params) trained on 10 "
+           "labels per class alone; mean of 3 seeds", distill.scratch_student_recipe),
+    Recipe("kd-student", "distillation", "the same student, same steps, distilled from the "
+           "baseline on every training image (10 labels per class, the rest labelled only by "
+           "the teacher); mean of 3 seeds", distill.kd_student_recipe),
     # the whole pipeline (notebook 08)
     Recipe("deep-compression", "pipeline", "Deep Compression: 92% pruning + k-means sharing "
            "(bits per layer) + Huffman", pipeline.deep_compression),
+    # efficient architectures (notebook 11)
+    Recipe("lowrank-fc1", "low rank", "fc1 (800x128) factored by truncated SVD to rank 16 "
+           "(two Linear layers), fine-tuned 2 epochs", arch.lowrank_fc1),
+    Recipe("mobile-fp32", "architecture", "different architecture: MobileNet-style "
+           "depthwise-separable CNN trained from scratch (not derived from the baseline)",
+           arch.mobile_fp32),
+    Recipe("mobile-w8-per-tensor", "architecture", "mobile-fp32, BN folded, 8-bit weights "
+           "with one scale per tensor, float activations", arch.mobile_w8_per_tensor),
+    Recipe("mobile-w8-per-channel", "architecture", "mobile-fp32, BN folded, 8-bit weights "
+           "with one scale per output channel, float activations", arch.mobile_w8_per_channel),
     # the course language model, weight-only (notebook 09)
     Recipe("lm-w8-rtn", "weight-only", "LM: 8-bit per-channel weights, round to nearest",
            lm.lm_w8_rtn, "lm"),
