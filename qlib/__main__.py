@@ -42,7 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--only", nargs="+", metavar="NAME", help="run only these recipes")
     rep.add_argument("--dataset", default="embedded", choices=DATASETS,
                      help="data for the baseline and recipes (default: the offline MNIST "
-                          "sample; the others download through torchvision when online)")
+                          "sample; embedded-corrupt: the same sample corrupted MNIST-C style, "
+                          "offline and harder; the others download through torchvision when "
+                          "online)")
     rep.add_argument("--model", default="course", choices=sorted(MODELS),
                      help="the baseline architecture (default: course)")
     rep.add_argument("--challenge", nargs="+", metavar="FILE", default=[],

