@@ -16,6 +16,12 @@ The knowledge flows one way: teacher -> student. The teacher is frozen (eval mod
 gradients) and sees the same augmented batch as the student. The report's distillation rows
 (``teacher``, ``scratch-student``, ``kd-student``) are in :mod:`qlib.recipes.distill`.
 
+A *transfer set* (:func:`transfer_set`) is what the student is distilled on: the training
+images, some of them without a label (:data:`UNLABELED`, only the teacher labels them) or
+with a whole class left out (Hinton et al.'s omitted digit). On such an image the loss keeps
+only its soft term; the cross-entropy is summed over the labelled images and divided by the
+batch size.
+
 >>> s, t = torch.tensor([[2.0, 0.0]]), torch.tensor([[2.0, 0.0]])
 >>> float(distillation_loss(s, t, torch.tensor([0]), temperature=4.0, alpha=1.0))
 0.0
@@ -29,15 +35,20 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, TensorDataset
 
-from ._util import LossFn, check_finite_number, check_logits, check_tensor, set_seed
+from ._util import LossFn, check_finite_number, check_int, check_logits, check_tensor, set_seed
 from .data import Splits
 from .models import student_model
 from .train import cached_training, fingerprint, fit
 
 __all__ = ["soft_targets", "distillation_loss", "hint_loss", "kd_loss_fn", "HintStudent",
-           "distill", "train_student", "STUDENT_RECIPE"]
+           "distill", "train_student", "STUDENT_RECIPE", "UNLABELED", "transfer_set",
+           "labeled_part"]
+
+#: The label of a transfer-set image that no person labelled: only the teacher's soft
+#: targets train on it.
+UNLABELED = -1
 
 
 #: The students' shared budget: scratch and distilled students differ only in the loss.
@@ -180,13 +191,29 @@ class HintStudent(nn.Module):
         return self.student(x)
 
 
+def _partly_labeled_loss(z_s: Tensor, z_t: Tensor, y: Tensor, temperature: float,
+                         alpha: float) -> Tensor:
+    """:func:`distillation_loss`, where images labelled :data:`UNLABELED` add the soft term
+    only: alpha * T^2 * KL (mean over all N) + (1 - alpha) * sum_labelled CE / N."""
+    labeled = y != UNLABELED
+    if bool(labeled.all()):
+        return distillation_loss(z_s, z_t, y, temperature=temperature, alpha=alpha)
+    soft = distillation_loss(z_s, z_t, torch.where(labeled, y, 0), temperature=temperature,
+                             alpha=1.0)
+    if not bool(labeled.any()):
+        return alpha * soft
+    hard = F.cross_entropy(z_s[labeled], y[labeled], reduction="sum") / len(y)
+    return alpha * soft + (1.0 - alpha) * hard
+
+
 def kd_loss_fn(teacher: nn.Module, *, temperature: float, alpha: float,
                hint_weight: float = 0.0) -> LossFn:
     """A ``loss_fn(model, x, y)`` for :func:`qlib.train.fit` that distils ``teacher``.
 
     Introduced in notebook 06. On each (already augmented) batch x (N, C, H, W) the frozen
     teacher runs in eval mode under ``no_grad``; the loss is :func:`distillation_loss`, plus
-    ``hint_weight * hint_loss`` when ``model`` is a :class:`HintStudent`.
+    ``hint_weight * hint_loss`` when ``model`` is a :class:`HintStudent`. Images labelled
+    :data:`UNLABELED` (a transfer set) contribute the soft term only.
     """
     _check_temperature(temperature)
     _check_alpha(alpha)
@@ -197,9 +224,9 @@ def kd_loss_fn(teacher: nn.Module, *, temperature: float, alpha: float,
         with _frozen(teacher):
             f_t, z_t = _split(teacher, x) if use_hint else (None, teacher(x))
         if not use_hint:
-            return distillation_loss(model(x), z_t, y, temperature=temperature, alpha=alpha)
+            return _partly_labeled_loss(model(x), z_t, y, temperature, alpha)
         f_s, z_s = _split(model.student, x)
-        return (distillation_loss(z_s, z_t, y, temperature=temperature, alpha=alpha)
+        return (_partly_labeled_loss(z_s, z_t, y, temperature, alpha)
                 + hint_weight * hint_loss(f_s, f_t, model.regressor))
     return loss_fn
 
@@ -228,8 +255,60 @@ def distill(student: nn.Module, teacher: nn.Module, train_loader: DataLoader, *,
     return hist
 
 
+def transfer_set(train: TensorDataset, *, labels_per_class: int | None = None,
+                 omit_class: int | None = None, seed: int = 0) -> TensorDataset:
+    """The images a student learns from: ``train`` with fewer labels or one class left out.
+
+    Introduced in notebook 06. ``train`` holds images (N, C, H, W) and labels (N,).
+    ``omit_class=c`` drops every image of class c (Hinton et al. 2015 left out the digit 3:
+    the student never sees one). ``labels_per_class=k`` keeps every image but only k labels
+    per class, drawn at random with ``seed``; the others become :data:`UNLABELED` and only the
+    teacher labels them. Both may be combined; with neither, ``train`` itself is returned.
+
+    >>> ds = TensorDataset(torch.zeros(6, 1, 2, 2), torch.tensor([0, 0, 0, 1, 1, 1]))
+    >>> transfer_set(ds, labels_per_class=1).tensors[1].tolist()
+    [-1, -1, 0, -1, -1, 1]
+    >>> transfer_set(ds, omit_class=1).tensors[1].tolist()
+    [0, 0, 0]
+    """
+    x, y = train.tensors
+    classes = sorted(set(y.tolist()))
+    if omit_class is not None:
+        if isinstance(omit_class, bool) or not isinstance(omit_class, int) or \
+                omit_class not in classes:
+            raise ValueError(f"omit_class must be one of the classes present, {classes}, got "
+                             f"{omit_class!r}")
+        keep = y != omit_class
+        x, y = x[keep], y[keep]
+    if labels_per_class is None:
+        return TensorDataset(x, y) if omit_class is not None else train
+    check_int(labels_per_class, "labels_per_class", 1)
+    counts = torch.bincount(y[y >= 0])
+    fewest = int(counts[counts > 0].min())
+    if labels_per_class > fewest:
+        raise ValueError(f"labels_per_class={labels_per_class} is more than the {fewest} "
+                         f"images of the rarest class; allowed: 1..{fewest}")
+    gen = torch.Generator().manual_seed(seed)
+    labeled = torch.zeros(len(y), dtype=torch.bool)
+    for c in y.unique().tolist():
+        idx = (y == c).nonzero()[:, 0]
+        labeled[idx[torch.randperm(len(idx), generator=gen)[:labels_per_class]]] = True
+    return TensorDataset(x, torch.where(labeled, y, torch.full_like(y, UNLABELED)))
+
+
+def labeled_part(transfer: TensorDataset) -> TensorDataset:
+    """The images of a transfer set that carry a label (what a student without a teacher
+    can learn from). Introduced in notebook 06."""
+    x, y = transfer.tensors
+    keep = y != UNLABELED
+    if not bool(keep.any()):
+        raise ValueError("the transfer set has no labelled image: a scratch student needs some")
+    return TensorDataset(x[keep], y[keep])
+
+
 def train_student(mode: str, data: Splits, teacher: nn.Module | None = None, *, seed: int = 0,
-                  cache: bool = True, progress: bool = True, **overrides) -> nn.Module:
+                  cache: bool = True, progress: bool = True, labels_per_class: int | None = None,
+                  omit_class: int | None = None, **overrides) -> nn.Module:
     """A ``student_model`` trained from scratch (``mode="scratch"``) or distilled (``"kd"``).
 
     Introduced in notebook 06. Both use :data:`STUDENT_RECIPE` (``overrides`` change any of
@@ -238,6 +317,11 @@ def train_student(mode: str, data: Splits, teacher: nn.Module | None = None, *, 
     trained course baseline in the course. With ``cache=True`` the result is stored under
     ``data/models/student-{mode}-...pt`` (keyed on the settings, the seed, the dataset and
     the teacher's weights) and loaded on the next call.
+
+    ``labels_per_class`` / ``omit_class`` train on :func:`transfer_set` (seeded with
+    ``seed``) instead of the whole training split: the distilled student sees every image of
+    the transfer set, labelled or not; the scratch student only the labelled ones, for as
+    many more epochs as it takes to make the same number of optimiser steps.
 
     >>> teacher, data = qlib.get_baseline()                       # doctest: +SKIP
     >>> student = train_student("kd", data, teacher, seed=1)       # doctest: +SKIP
@@ -254,16 +338,26 @@ def train_student(mode: str, data: Splits, teacher: nn.Module | None = None, *, 
     if mode == "scratch":  # the soft-target settings do not apply
         s.update(temperature=None, alpha=None, hint_weight=None)
     c, h, _ = data.input_shape
+    transfer = transfer_set(data.train, labels_per_class=labels_per_class,
+                            omit_class=omit_class, seed=seed)
+    seen = transfer if mode == "kd" else labeled_part(transfer)
+    bs = s["batch_size"]
+    steps = s["epochs"] * -(-len(transfer) // bs)          # optimiser steps of the kd student
+    epochs = max(1, round(steps / -(-len(seen) // bs)))    # the same number for scratch
     recipe = dict(mode=mode, dataset=data.name, seed=seed, size=len(data.train), **s,
                   teacher=fingerprint(teacher) if mode == "kd" else None)
+    if labels_per_class is not None or omit_class is not None:
+        recipe.update(labels_per_class=labels_per_class, omit_class=omit_class,
+                      run_epochs=epochs)
 
     def build() -> nn.Module:
         set_seed(seed)
         return student_model(data.num_classes, c, h)
 
     def train(student: nn.Module) -> None:
-        loader = data.loader("train", s["batch_size"], seed=seed)
-        common = dict(epochs=s["epochs"], lr=s["lr"], weight_decay=s["weight_decay"],
+        loader = DataLoader(seen, batch_size=bs, shuffle=True,
+                            generator=torch.Generator().manual_seed(seed))
+        common = dict(epochs=epochs, lr=s["lr"], weight_decay=s["weight_decay"],
                       max_shift=s["max_shift"], seed=seed, progress=progress)
         if mode == "scratch":
             fit(student, loader, desc="scratch", **common)
@@ -275,4 +369,7 @@ def train_student(mode: str, data: Splits, teacher: nn.Module | None = None, *, 
         student = build()
         train(student)
         return student.eval()
-    return cached_training(f"student-{mode}-{data.name}", recipe, build, train)
+    tag = "" if transfer is data.train else (
+        (f"-omit{omit_class}" if omit_class is not None else "")
+        + (f"-{labels_per_class}pc" if labels_per_class is not None else ""))
+    return cached_training(f"student-{mode}-{data.name}{tag}", recipe, build, train)

@@ -41,6 +41,9 @@ def evaluate_variant(variant: Variant, data: Splits, reference: dict | None = No
     against ``reference`` (the baseline's row): ``agreement`` (top-1, 1.0 without a
     reference), ``mcnemar_p`` and ``output_kl``; plus ``per_class`` and ``extra``.
     In-memory only (dropped from report.json): ``preds``, ``logits``, ``labels``.
+    When ``variant.extra["seeds"]`` lists per-seed results, accuracy, precision, recall and
+    F1 are their means (``extra["accuracy_ci"]`` the interval of that mean); the other
+    fields are of ``variant.model`` (seed 0's).
     """
     ev = evaluate(variant.model, data.loader("test", 256), data.num_classes)
     x1 = data.test.tensors[0][:1]
@@ -57,6 +60,11 @@ def evaluate_variant(variant: Variant, data: Splits, reference: dict | None = No
         per_class=ev["per_class"], extra=variant.extra,
         preds=ev["preds"], logits=ev["logits"], labels=ev["labels"],
     )
+    seeds = variant.extra.get("seeds")
+    if seeds:  # trained over several seeds (notebook 06's students): the row is their mean
+        row |= {k: sum(s[k] for s in seeds) / len(seeds)
+                for k in ("accuracy", "precision", "recall", "f1")}
+        row["accuracy_ci"] = list(variant.extra.get("accuracy_ci", row["accuracy_ci"]))
     if reference is not None:
         ref_correct = (reference["preds"] == reference["labels"]).numpy()
         row.update(agreement=agreement(ev["preds"], reference["preds"]),

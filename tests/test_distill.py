@@ -14,8 +14,9 @@ from torch.utils.data import DataLoader, TensorDataset
 import qlib.train
 from qlib import set_seed
 from qlib.data import Splits
-from qlib.distill import (HintStudent, distill, distillation_loss, hint_loss, kd_loss_fn,
-                          soft_targets, train_student)
+import qlib.distill
+from qlib.distill import (UNLABELED, HintStudent, distill, distillation_loss, hint_loss,
+                          kd_loss_fn, labeled_part, soft_targets, train_student, transfer_set)
 from qlib.models import SmallCNN
 
 
@@ -238,3 +239,115 @@ def test_recipes_are_registered() -> None:
 
     assert {"teacher", "scratch-student", "kd-student"} <= set(RECIPES)
     assert RECIPES["kd-student"].technique == "distillation"
+
+
+# --- transfer sets: few labels or an omitted class (notebook 06, the report's students) ---
+
+def _labelled(n_per_class: int = 12, classes: int = 5) -> TensorDataset:
+    y = torch.arange(classes).repeat_interleave(n_per_class)
+    return TensorDataset(torch.arange(len(y), dtype=torch.float32).view(-1, 1, 1, 1), y)
+
+
+def test_transfer_set_omits_exactly_one_class() -> None:
+    ds = _labelled()
+    out = transfer_set(ds, omit_class=3)
+    x, y = out.tensors
+    assert 3 not in y.tolist() and len(y) == len(ds) - 12
+    assert sorted(set(y.tolist())) == [0, 1, 2, 4]
+    kept = ds.tensors[1] != 3  # the other images are all there, in order, with their labels
+    assert torch.equal(x, ds.tensors[0][kept]) and torch.equal(y, ds.tensors[1][kept])
+    assert transfer_set(ds) is ds
+
+
+def test_transfer_set_few_labels_is_stratified_and_seeded() -> None:
+    ds = _labelled()
+    a = transfer_set(ds, labels_per_class=4, seed=0)
+    x, y = a.tensors
+    assert torch.equal(x, ds.tensors[0])  # every image stays
+    labelled = y != UNLABELED
+    assert torch.bincount(y[labelled]).tolist() == [4] * 5  # exactly k per class
+    assert torch.equal(y[labelled], ds.tensors[1][labelled])  # kept labels are the true ones
+    assert set(y[~labelled].tolist()) == {UNLABELED}
+    assert torch.equal(transfer_set(ds, labels_per_class=4, seed=0).tensors[1], y)
+    assert not torch.equal(transfer_set(ds, labels_per_class=4, seed=1).tensors[1], y)
+    part = labeled_part(a)
+    assert len(part) == 20 and (part.tensors[1] >= 0).all()
+    both = transfer_set(ds, labels_per_class=2, omit_class=0)
+    assert torch.bincount(both.tensors[1][both.tensors[1] >= 0]).tolist() == [0, 2, 2, 2, 2]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(omit_class=7), "omit_class must be one of"), (dict(omit_class=1.0), "omit_class"),
+    (dict(labels_per_class=0), "labels_per_class"), (dict(labels_per_class=13), "rarest"),
+    (dict(labels_per_class=2.5), "labels_per_class")])
+def test_transfer_set_rejects_bad_input(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        transfer_set(_labelled(), **kwargs)
+
+
+def test_labeled_part_of_unlabelled_set_raises() -> None:
+    ds = TensorDataset(torch.zeros(3, 1, 1, 1), torch.full((3,), UNLABELED))
+    with pytest.raises(ValueError, match="no labelled image"):
+        labeled_part(ds)
+
+
+def test_kd_loss_on_unlabelled_images_is_the_soft_term_only() -> None:
+    set_seed(0)
+    teacher, student = SmallCNN((2, 4), 8).eval(), SmallCNN((2, 4), 8)
+    x = torch.randn(6, 1, 28, 28)
+    y = torch.tensor([1, UNLABELED, 2, UNLABELED, UNLABELED, 0])
+    got = kd_loss_fn(teacher, temperature=3.0, alpha=0.6)(student, x, y)
+    with torch.no_grad():
+        z_t = teacher(x)
+    z_s = student(x)
+    soft = distillation_loss(z_s, z_t, torch.zeros(6, dtype=torch.long), temperature=3.0,
+                             alpha=1.0)
+    lab = y >= 0
+    hard = F.cross_entropy(z_s[lab], y[lab], reduction="sum") / 6
+    torch.testing.assert_close(got, 0.6 * soft + 0.4 * hard)
+    none = kd_loss_fn(teacher, temperature=3.0, alpha=0.6)(student, x, torch.full((6,), -1))
+    torch.testing.assert_close(none, 0.6 * soft)
+
+
+def test_train_student_on_a_transfer_set_matches_steps(monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(qlib.train, "DATA_DIR", tmp_path)
+    data = _tiny_splits(160)  # 16 per class
+    set_seed(0)
+    teacher = SmallCNN((4, 4), 8).eval()
+    calls = []
+    real_fit = qlib.distill.fit
+    monkeypatch.setattr(qlib.distill, "fit", lambda m, loader, **kw: calls.append(
+        (len(loader.dataset), len(loader), kw["epochs"])) or real_fit(m, loader, **kw))
+    train_student("kd", data, teacher, seed=0, epochs=1, labels_per_class=2, progress=False)
+    train_student("scratch", data, seed=0, epochs=1, labels_per_class=2, progress=False)
+    (n_kd, b_kd, e_kd), (n_s, b_s, e_s) = calls
+    assert (n_kd, n_s) == (160, 20)  # kd sees every image, scratch only the labelled ones
+    assert b_kd * e_kd == b_s * e_s  # the same number of optimiser steps
+    files = sorted(p.name for p in (tmp_path / "models").glob("*.pt"))
+    assert [f.rsplit("-", 1)[0] for f in files] == ["student-kd-tiny-2pc", "student-scratch-tiny-2pc"]
+
+
+def test_student_recipes_report_seed_means(monkeypatch) -> None:
+    from qlib.recipes import distill as recipes
+
+    data = _tiny_splits(40)
+    set_seed(0)
+    teacher = SmallCNN((4, 4), 8).eval()
+    monkeypatch.setattr(recipes, "TRANSFER", dict(labels_per_class=2))
+    monkeypatch.setattr(recipes, "train_student", lambda mode, d, t=None, *, seed, **kw:
+                        train_student(mode, d, t, seed=seed, epochs=1, cache=False, **kw))
+    kd = recipes.kd_student_recipe(teacher, data)
+    scratch = recipes.scratch_student_recipe(teacher, data)
+    for v in (kd, scratch):
+        accs = [s["accuracy"] for s in v.extra["seeds"]]
+        assert v.extra["n_seeds"] == len(recipes.STUDENT_SEEDS) == len(accs) == 3
+        assert v.extra["accuracy_mean"] == pytest.approx(sum(accs) / 3)
+        assert v.extra["accuracy_std"] >= 0 and v.extra["setting"] == dict(labels_per_class=2)
+        lo, hi = v.extra["accuracy_ci"]
+        assert lo <= v.extra["accuracy_mean"] <= hi
+    assert kd.extra["scratch_accuracy_mean"] == pytest.approx(scratch.extra["accuracy_mean"])
+    room = kd.extra["teacher_accuracy"] - scratch.extra["accuracy_mean"]
+    if room > 0:
+        assert kd.extra["gap_closed"] == pytest.approx(
+            (kd.extra["accuracy_mean"] - scratch.extra["accuracy_mean"]) / room)
+    assert [p["seed"] for p in kd.extra["paired_vs_scratch"]] == [0, 1, 2]
