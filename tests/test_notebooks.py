@@ -31,6 +31,28 @@ def test_stored_without_outputs(path):
     assert not dirty, f"{path.name}: cells {dirty} hold outputs; clear them before committing"
 
 
+#: The notebook metadata JupyterLab 4 writes when it opens and saves a notebook with the course's
+#: kernel (read from a save in the browser test's JupyterLab). A notebook stored with anything
+#: else shows "unsaved" the moment it opens, because JupyterLab rewrites it at once.
+JUPYTERLAB_METADATA = {
+    "kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python",
+                   "name": "python3"},
+    "language_info": {"codemirror_mode": {"name": "ipython", "version": 3},
+                      "file_extension": ".py", "mimetype": "text/x-python", "name": "python",
+                      "nbconvert_exporter": "python", "pygments_lexer": "ipython3"},
+}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_stores_the_metadata_jupyterlab_writes(path):
+    meta = json.loads(path.read_text())["metadata"]
+    info = dict(meta.get("language_info", {}))
+    version = info.pop("version", None)
+    assert {"kernelspec": meta.get("kernelspec"), "language_info": info} == JUPYTERLAB_METADATA
+    # JupyterLab writes the kernel's full Python version; the course's machines run 3.11
+    assert version is not None and version.split(".")[:2] == ["3", "11"], version
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_follows_the_skeleton(path):
     nb = json.loads(path.read_text())
