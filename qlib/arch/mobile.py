@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from .._util import Inputs, as_args, check_int, check_module, inference, set_seed
 from ..data import Splits
+from ..measure import layer_macs
 from ..measure.roofline import pinned_threads
 from ..train import TRAIN_THREADS, cached_training, fit
 
@@ -117,13 +118,9 @@ def layer_costs(model: nn.Module, example_input: Inputs, bytes_per_value: float 
 
     def hook(name: str):
         def run(m: nn.Module, inp: tuple, out: Tensor) -> None:
-            if isinstance(m, nn.Conv2d):
-                macs = out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * \
-                    m.kernel_size[1]
-                kind = ("depthwise" if m in dw else "pointwise" if m.kernel_size == (1, 1)
-                        else "conv")
-            else:
-                macs, kind = out.numel() * m.in_features, "linear"
+            macs = layer_macs(m, out)
+            kind = ("linear" if isinstance(m, nn.Linear) else "depthwise" if m in dw
+                    else "pointwise" if m.kernel_size == (1, 1) else "conv")
             w_bytes = bytes_per_value * m.weight.numel()
             a_bytes = bytes_per_value * (inp[0].numel() + out.numel()) / batch
             rows.append(dict(name=name, kind=kind, macs=macs // batch, weight_bytes=w_bytes,

@@ -22,7 +22,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from .._util import Inputs, as_args, check_module, inference
 
-__all__ = ["count_parameters", "count_nonzeros", "count_macs", "peak_memory", "model_size_bytes"]
+__all__ = ["count_parameters", "count_nonzeros", "count_macs", "layer_macs", "peak_memory",
+           "model_size_bytes"]
 
 
 def _effective_params(model: nn.Module) -> list[Tensor]:
@@ -61,6 +62,20 @@ def count_nonzeros(model: nn.Module) -> int:
     return int(sum(torch.count_nonzero(p).item() for p in _effective_params(model)))
 
 
+def layer_macs(layer: nn.Module, out: Tensor) -> int:
+    """The multiply-accumulates of one Conv (1d/2d/3d) or Linear call that produced ``out``
+    (the formulas of :func:`count_macs`, for the whole batch in ``out``).
+
+    >>> layer_macs(torch.nn.Linear(4, 3), torch.zeros(2, 3))
+    24
+    """
+    if isinstance(layer, nn.modules.conv._ConvNd):
+        return out.numel() * (layer.in_channels // layer.groups) * int(np.prod(layer.kernel_size))
+    if isinstance(layer, nn.Linear):
+        return out.numel() * layer.in_features
+    raise TypeError(f"layer_macs counts Conv1d/2d/3d and Linear layers, got {type(layer).__name__}")
+
+
 def count_macs(model: nn.Module, example_input: Inputs) -> int:
     """Multiply-accumulates of the Conv (1d/2d/3d) and Linear layers in one forward pass.
 
@@ -80,18 +95,11 @@ def count_macs(model: nn.Module, example_input: Inputs) -> int:
     args = as_args(example_input)
     total = [0]
 
-    def conv_hook(m: nn.modules.conv._ConvNd, _inp: Any, out: Tensor) -> None:
-        total[0] += out.numel() * (m.in_channels // m.groups) * int(np.prod(m.kernel_size))
+    def hook(m: nn.Module, _inp: Any, out: Tensor) -> None:
+        total[0] += layer_macs(m, out)
 
-    def linear_hook(m: nn.Linear, _inp: Any, out: Tensor) -> None:
-        total[0] += out.numel() * m.in_features
-
-    handles = []
-    for m in model.modules():
-        if isinstance(m, nn.modules.conv._ConvNd):
-            handles.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            handles.append(m.register_forward_hook(linear_hook))
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
     if not handles:
         raise ValueError("count_macs counts Conv1d/2d/3d and Linear layers; the model "
                          f"{type(model).__name__} has none")
