@@ -12,7 +12,8 @@ CLASSROOM ?= classroom
 
 help:
 	@echo "make lab     - start JupyterLab on notebooks/"
-	@echo "make test    - run every test: qlib unit tests and every notebook (nbval)"
+	@echo "make test    - run every test: qlib unit tests and every notebook (nbval), on 2 workers"
+	@echo "make notebooks - run every notebook and every student copy alone, from the top"
 	@echo "make report  - evaluate the baseline and every recipe into $(OUT)/"
 	@echo "make workbook - write the student copies notebooks/workbook/NN_*.ipynb"
 	@echo "make classroom - write the nbgrader course $(CLASSROOM)/ (GRADE_WRITTEN=1: grade written answers)"
@@ -27,13 +28,17 @@ $(STAMP): requirements.txt pyproject.toml
 lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
+# make test: two workers (one per core), each test file or notebook kept on one worker; each
+# notebook and its student copy run in one kernel (--paired-copies, notebooks/conftest.py).
 test: $(STAMP)
 	$(BIN)/python -m pytest tests qlib notebooks --doctest-modules --nbval-lax \
-		--nbval-current-env --nbval-cell-timeout=$(NB_TIMEOUT) --durations=15
+		--nbval-current-env --nbval-cell-timeout=$(NB_TIMEOUT) --durations=15 \
+		-n 2 --dist loadfile --paired-copies
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests qlib --doctest-modules
 
+# make notebooks: every notebook and every student copy alone, each in a fresh kernel (slower)
 notebooks: $(STAMP)
 	$(BIN)/python -m pytest notebooks --nbval-lax --nbval-current-env \
 		--nbval-cell-timeout=$(NB_TIMEOUT) --durations=0

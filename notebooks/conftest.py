@@ -12,13 +12,27 @@ streams merged as a notebook front end shows them) and fails the cell when
 Fix the cause rather than filtering: print a summary instead of a whole tensor, avoid the
 deprecated call. A third-party warning that cannot be avoided is filtered narrowly in qlib
 at its call site, with a comment saying why.
+
+With ``--paired-copies`` (``make test``), a notebook and its student copy in ``workbook/`` run
+in one kernel (:mod:`qlib.course.paired`): the student copy top to bottom, as a learner runs
+it, then the instructor copy's own cells (solutions and hidden tests), reported as
+``Cell k (instructor copy)``. The cells the two share run once instead of twice. A pair whose
+cells would not see the same names that way runs as two notebooks, with a warning that says why.
+Without the option (``make notebooks``) every notebook runs alone from the top.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
+from collections import defaultdict
+from pathlib import Path
 
+import nbformat
 import pytest
+from nbval.plugin import IPyNbCell, IPyNbFile
+
+from qlib.course.paired import instructor_only_cells, paired_run_problems
 
 MAX_LINES = 40
 SHOW_LINES = 8
@@ -65,3 +79,67 @@ def pytest_runtest_call(item: pytest.Item):
             item.raise_cell_error("Cell output a learner should not see "
                                   "(rules in notebooks/conftest.py)", "\n\n".join(problems))
     return result
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--paired-copies", action="store_true",
+                     help="run each notebook and its workbook/ student copy in one kernel: the "
+                          "student copy, then the instructor copy's own cells (see notebooks/conftest.py)")
+
+
+class PairedNotebook(IPyNbFile):
+    """The student copy's cells, then the instructor copy's cells that differ, one kernel."""
+
+    instructor: Path
+
+    def collect(self):
+        yield from super().collect()            # reads the student copy into self.nb
+        nb = nbformat.read(str(self.instructor), as_version=4)
+        cells = [c for c in nb.cells if c.cell_type == "code"]
+        for k in instructor_only_cells(nb, self.nb):
+            yield IPyNbCell.from_parent(self, name=f"Cell {k} (instructor copy)", cell_num=k,
+                                        cell=cells[k], options=defaultdict(bool, check=False))
+
+
+def _pair(path: Path) -> tuple[Path, Path] | None:
+    """(instructor, student) when ``path`` is either copy of a numbered notebook with both."""
+    if not re.fullmatch(r"\d\d_.*\.ipynb", path.name):
+        return None
+    instructor = path.parent.parent / path.name if path.parent.name == "workbook" else path
+    student = instructor.parent / "workbook" / path.name
+    return (instructor, student) if instructor.is_file() and student.is_file() else None
+
+
+def _chosen(path: Path, config: pytest.Config, *, named: bool = False) -> bool:
+    """Whether ``path`` lies under one of the paths pytest was asked to run (``named``: is
+    one of them itself)."""
+    for arg in config.args:
+        root = Path(config.invocation_params.dir, arg.split("::")[0]).resolve()
+        if root == path.resolve() or (not named and root in path.resolve().parents):
+            return True
+    return False
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collect_file(file_path: Path, parent: pytest.Collector):
+    found = yield
+    pair = _pair(file_path) if parent.config.getoption("paired_copies", False) else None
+    if (not pair or not all(_chosen(p, parent.config) for p in pair)
+            or _chosen(pair[0], parent.config, named=True)):   # an instructor notebook asked for by name runs alone
+        return found
+    instructor, student = pair
+    problems = paired_run_problems(nbformat.read(instructor, as_version=4),
+                                   nbformat.read(student, as_version=4))
+    if problems:                               # run the two copies apart, and say why (once)
+        if file_path == student:
+            warnings.warn(pytest.PytestWarning(f"{file_path.name}: its two copies ran separately, "
+                                               "because " + "; ".join(problems[:3])))
+        return found
+    notebooks = [f for f in found if isinstance(f, IPyNbFile)]
+    rest = [f for f in found if not isinstance(f, IPyNbFile)]
+    if file_path == instructor:                # its cells run in the student copy's kernel
+        return rest
+    paired = PairedNotebook.from_parent(parent, path=file_path)
+    paired.instructor = instructor
+    return rest + ([paired] if notebooks else [])
+

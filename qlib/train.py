@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from filelock import FileLock, Timeout
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -254,35 +255,50 @@ def cached_training(name: str, recipe: dict, build: Callable[[], nn.Module],
     does not fit the architecture is retrained and overwritten with a one-line message,
     never a crash. A cache folder that cannot be written is found before training: the
     model is trained, returned and used, with one warning, and not saved. ``build`` must be
-    deterministic (seed inside it); ``train(model)`` trains in place.
+    deterministic (seed inside it); ``train(model)`` trains in place. A lock file beside the
+    cache (``filelock``) lets one process train a model while another that needs the same
+    one waits and then loads it.
     Used by the baseline and by every recipe that trains (notebooks 04-08).
     """
     modules = (build.__module__, train.__module__, "qlib.train")
     path = Path(cache_dir or DATA_DIR / "models") / f"{name}-{_key(recipe, modules)}.pt"
-    net = build()
-    if path.exists():
-        try:
-            ckpt = load_checkpoint(path)
-            if ckpt.get("recipe") != recipe:
-                raise ValueError("the cached recipe differs")
-            net.load_state_dict(ckpt["state_dict"])
-            return net.eval()
-        except Exception as err:  # noqa: BLE001 - any bad cache is rebuilt
-            print(f"qlib: cache {path.name} unusable ({type(err).__name__}); retraining")
-            net = build()
     # Checked before training, so the learner hears it now and not after minutes of work;
     # either way the trained model is returned and used, with one warning.
     problem = writable_dir_problem(path.parent)
-    if problem:
-        warnings.warn(f"qlib: the cache folder {problem}: {name} is trained now and used, but "
-                      f"not saved (set QLIB_DATA to a writable folder to keep it)", stacklevel=2)
-    train(net)
-    if not problem:
+    # One process trains a given model at a time (two notebooks, or make test's two workers):
+    # the other waits on the lock file, then loads what the first saved.
+    lock = FileLock(f"{path}.lock") if not problem else None
+    if lock is not None:
         try:
-            save_checkpoint({"recipe": recipe, "state_dict": net.state_dict()}, path)
-        except OSError as err:  # a full disk, or the folder changed under us
-            warnings.warn(f"qlib: could not save {path} ({err.strerror or err}); the trained "
-                          f"{name} is used but not cached", stacklevel=2)
+            lock.acquire(timeout=0)
+        except Timeout:
+            print(f"qlib: another process is training {path.name}; waiting for it")
+            lock.acquire()
+    try:
+        net = build()
+        if path.exists():
+            try:
+                ckpt = load_checkpoint(path)
+                if ckpt.get("recipe") != recipe:
+                    raise ValueError("the cached recipe differs")
+                net.load_state_dict(ckpt["state_dict"])
+                return net.eval()
+            except Exception as err:  # noqa: BLE001 - any bad cache is rebuilt
+                print(f"qlib: cache {path.name} unusable ({type(err).__name__}); retraining")
+                net = build()
+        if problem:
+            warnings.warn(f"qlib: the cache folder {problem}: {name} is trained now and used, but "
+                          f"not saved (set QLIB_DATA to a writable folder to keep it)", stacklevel=2)
+        train(net)
+        if not problem:
+            try:
+                save_checkpoint({"recipe": recipe, "state_dict": net.state_dict()}, path)
+            except OSError as err:  # a full disk, or the folder changed under us
+                warnings.warn(f"qlib: could not save {path} ({err.strerror or err}); the trained "
+                              f"{name} is used but not cached", stacklevel=2)
+    finally:
+        if lock is not None:
+            lock.release()
     return net.eval()
 
 

@@ -1,3 +1,5 @@
+import time
+
 import pytest
 import torch
 from torch import nn
@@ -137,6 +139,49 @@ def test_cached_training_and_fingerprint(tmp_path):
     assert fingerprint(a) == fingerprint(b) != fingerprint(build())
     cached_training("lin", {"v": 2}, build, train, cache_dir=tmp_path)  # another recipe
     assert len(calls) == 2 and len(list(tmp_path.glob("lin-*.pt"))) == 2
+
+
+_LOCK_DEMO = """
+import sys, time
+import torch
+from qlib.train import cached_training
+
+def build():
+    torch.manual_seed(0)
+    return torch.nn.Linear(3, 2)
+
+def train(m):
+    with open(sys.argv[2], "a") as f:
+        f.write("trained\\n")
+    time.sleep(3)                       # long enough for the other process to find the lock
+    with torch.no_grad():
+        m.weight.fill_(float(sys.argv[3]))
+
+m = cached_training("lin", {"v": 1}, build, train, cache_dir=sys.argv[1])
+print("weight", float(m.weight[0, 0]))
+"""
+
+
+def test_two_processes_train_a_model_once(tmp_path):
+    """make test's two workers (or two notebooks) asking for one uncached model: the first
+    trains it, the second waits on the lock file, says so, and loads the saved weights."""
+    import subprocess
+    import sys
+
+    script, log = tmp_path / "lock_demo.py", tmp_path / "trained.log"
+    script.write_text(_LOCK_DEMO)
+    first = subprocess.Popen([sys.executable, str(script), str(tmp_path / "cache"), str(log), "7"],
+                             stdout=subprocess.PIPE, text=True)
+    time.sleep(0.2)
+    while not log.exists() and first.poll() is None:       # the first is inside train()
+        time.sleep(0.05)
+    second = subprocess.run([sys.executable, str(script), str(tmp_path / "cache"), str(log), "9"],
+                            capture_output=True, text=True, timeout=120)
+    out1, _ = first.communicate(timeout=120)
+    assert first.returncode == 0 and second.returncode == 0, second.stderr
+    assert log.read_text() == "trained\n"                  # trained once, by the first
+    assert "another process is training lin-" in second.stdout
+    assert "weight 7.0" in out1 and "weight 7.0" in second.stdout   # the second loaded the first's
 
 
 # ----- cache keys follow the code a training depends on, not its documentation --------
