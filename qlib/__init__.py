@@ -25,7 +25,8 @@ Each function's docstring names the notebook that introduces it.
 
 from __future__ import annotations
 
-from ._util import markdown_table, set_seed
+from ._table import markdown_table
+from ._util import set_seed
 
 __version__ = "0.1.0"
 __all__ = ["set_seed", "markdown_table", "__version__"]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import data as qdata
 from ._files import writable_dir_problem
-from ._util import markdown_table
+from ._table import markdown_table
 from .data import DATASETS, CorruptDataError, DownloadError
 from .models import MODELS
 

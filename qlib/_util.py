@@ -26,7 +26,7 @@ from torch import Tensor, nn
 __all__ = ["set_seed", "LossFn", "Inputs", "check_bits", "check_finite", "check_tensor",
            "check_int", "check_sparsity", "check_finite_number", "as_real_tensor",
            "check_logits", "check_module", "as_args", "inference", "batch_inputs",
-           "run_batch", "weight_layers", "set_submodule", "markdown_table", "WEIGHT_LAYERS",
+           "run_batch", "weight_layers", "set_submodule", "WEIGHT_LAYERS",
            "OTHER_CONVS", "warn_other_convs"]
 
 #: ``loss_fn(model, x, y) -> scalar``: what fit, distillation, QAT and pruning pass around.
@@ -244,36 +244,3 @@ def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     """Replace the submodule called ``name`` (dotted, as in named_modules) by ``module``."""
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)
-
-
-def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None,
-                   digits: int = 4) -> str:
-    """A Markdown table of dicts (one row each), numbers right-aligned, floats to ``digits``
-    significant digits. ``columns`` picks and orders keys (default: the first row's keys);
-    a missing value prints as an empty cell. Introduced in notebook 03.
-
-    >>> print(markdown_table([{"name": "fp32", "ms": 1.23456}]))
-    | name |    ms |
-    | ---- | ----: |
-    | fp32 | 1.235 |
-    """
-    if not rows:
-        raise ValueError("markdown_table needs at least one row (a dict)")
-    cols = list(columns if columns is not None else rows[0].keys())
-
-    def cell(v: Any) -> str:
-        if isinstance(v, (float, np.floating)):
-            return f"{float(v):.{digits}g}"
-        return "" if v is None else str(v)
-
-    body = [[cell(r.get(c)) for c in cols] for r in rows]
-    numeric = [all(isinstance(r.get(c), (int, float, np.number)) for r in rows) for c in cols]
-    widths = [max(3, len(c), *(len(b[i]) for b in body)) for i, c in enumerate(cols)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(s.rjust(w) if num else s.ljust(w)
-                                 for s, w, num in zip(cells, widths, numeric)) + " |"
-
-    rule = "| " + " | ".join("-" * (w - 1) + ":" if num else "-" * w
-                             for w, num in zip(widths, numeric)) + " |"
-    return "\n".join([line(cols), rule] + [line(b) for b in body])

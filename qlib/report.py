@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._util import markdown_table
+from ._table import markdown_table
 from .codec import CorruptFileError
 from .data import Splits
 from .evaluate import baseline_variant, evaluate_lm_variant, evaluate_variant

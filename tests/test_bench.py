@@ -14,7 +14,7 @@ from torch.nn.utils import prune
 from torch.utils.flop_counter import FlopCounterMode
 
 import qlib
-from qlib._util import markdown_table as format_table
+from qlib._table import markdown_table as format_table
 from qlib.bench import (count_macs, count_nonzeros, count_parameters, measure_latency,
                         model_size_bytes, peak_memory, throughput)
 from qlib.models import course_model
@@ -245,6 +245,16 @@ def test_format_table_aligns_columns() -> None:
     assert len({len(line) for line in lines}) == 1
     with pytest.raises(ValueError, match="at least one row"):
         format_table([])
+
+
+def test_format_table_gives_a_column_one_number_of_decimals() -> None:
+    """Notebook 00's tables printed 0.984 above 0.9841 (4 significant digits, trailing zero
+    dropped); a column now shares its decimals, so the digits line up."""
+    rows = [{"acc": 0.984, "ppl": 12.5, "tiny": 0.5, "wide": 2.0e7},
+            {"acc": 0.9841, "ppl": 3.14159, "tiny": 2e-9, "wide": float("nan")}]
+    body = [[c.strip() for c in line.split("|")[1:-1]] for line in format_table(rows).splitlines()[2:]]
+    assert body == [["0.9840", "12.50", "0.5000", "2e+07"],
+                    ["0.9841", "3.14", "2e-09", "nan"]]   # too small for 4 decimals: %g, not 0.0000
 
 
 def test_old_bench_deploy_spelling_still_works() -> None:

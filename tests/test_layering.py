@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent / "qlib"
 
 #: Layers, bottom first: a module may import from its own layer or any layer before it.
 LAYERS: list[tuple[str, ...]] = [
-    ("qlib", "qlib._util", "qlib._files"),                   # the root and its helpers
+    ("qlib", "qlib._util", "qlib._files", "qlib._table"),                   # the root and its helpers
     ("qlib.measure", "qlib.codec"),                          # measured / coded: no core
     ("qlib.corrupt", "qlib.data", "qlib.models", "qlib.train", "qlib.text", "qlib.gpt",
      "qlib.lm"),                                              # core
