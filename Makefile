@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 OUT    ?= reports/latest
-NB_TIMEOUT ?= 300
+NB_TIMEOUT ?= 600
 CLASSROOM ?= classroom
 
 .PHONY: help lab test unit notebooks report workbook classroom clean

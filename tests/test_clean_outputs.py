@@ -7,6 +7,7 @@ seconds), with a copy of the real notebooks/conftest.py next to it.
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import subprocess
 import sys
@@ -66,7 +67,8 @@ def test_nbval_fails_exactly_the_unclean_cells(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "tiny.ipynb", "--nbval-lax", "--nbval-current-env",
          "-p", "no:cacheprovider", f"--junitxml={report}", "-q"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"})   # not the outer run's options
     cases = ET.parse(report).getroot().iter("testcase")
     failed = {int(c.get("name").split()[-1]): c.find("failure") for c in cases}
     assert len(failed) == len(CELLS), proc.stdout[-3000:]

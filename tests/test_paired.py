@@ -4,6 +4,7 @@ notebooks/conftest.py): which cells it runs, and that it refuses orders it canno
 from __future__ import annotations
 
 import copy
+import os
 import re
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ from qlib.course.workbook import instructor_notebooks
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
+_ENV = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}   # not the outer run's options
 PAIRS = [(p, NOTEBOOKS / "workbook" / p.name) for p in instructor_notebooks(NOTEBOOKS)
          if (NOTEBOOKS / "workbook" / p.name).exists()]
 
@@ -87,7 +89,7 @@ def test_a_stale_student_copy_is_an_error():
 def test_make_test_collects_each_instructor_notebook_inside_its_student_copy():
     out = subprocess.run([sys.executable, "-m", "pytest", "notebooks", "--collect-only", "-q",
                           "--nbval-lax", "--nbval-current-env", "--paired-copies", "-p", "no:cacheprovider"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+                         cwd=ROOT, capture_output=True, text=True, timeout=300, env=_ENV)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     items = [line for line in out.stdout.splitlines() if "::Cell " in line]
     assert not [i for i in items if not i.startswith("notebooks/workbook/")]
@@ -114,7 +116,7 @@ def _tiny_course(root: Path, solution: str, last: str = "print(x)") -> None:
 def _run(root: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pytest", "notebooks", "-v", "-p", "no:cacheprovider",
                            "--nbval-lax", "--nbval-current-env", "--paired-copies", "--rootdir", str(root)],
-                          cwd=root, capture_output=True, text=True, timeout=300)
+                          cwd=root, capture_output=True, text=True, timeout=300, env=_ENV)
 
 
 def _cells(stdout: str) -> dict[tuple[str, str], str]:
