@@ -12,7 +12,7 @@ CLASSROOM ?= classroom
 
 help:
 	@echo "make lab     - start JupyterLab on notebooks/"
-	@echo "make test    - run every test: qlib unit tests and every notebook (nbval), on 2 workers"
+	@echo "make test    - run every test: qlib unit tests and every notebook with its student copy (nbval)"
 	@echo "make notebooks - run every notebook and every student copy alone, from the top"
 	@echo "make report  - evaluate the baseline and every recipe into $(OUT)/"
 	@echo "make workbook - write the student copies notebooks/workbook/NN_*.ipynb"
@@ -28,12 +28,12 @@ $(STAMP): requirements.txt pyproject.toml
 lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
-# make test: two workers (one per core), each test file or notebook kept on one worker; each
-# notebook and its student copy run in one kernel (--paired-copies, notebooks/conftest.py).
+# make test: each notebook and its student copy run in one kernel (--paired-copies,
+# notebooks/conftest.py). One process: two pytest-xdist workers were tried and were slower,
+# because two trainings that each pin 2 threads on 2 cores stall each other.
 test: $(STAMP)
 	$(BIN)/python -m pytest tests qlib notebooks --doctest-modules --nbval-lax \
-		--nbval-current-env --nbval-cell-timeout=$(NB_TIMEOUT) --durations=15 \
-		-n 2 --dist loadfile --paired-copies
+		--nbval-current-env --nbval-cell-timeout=$(NB_TIMEOUT) --durations=15 --paired-copies
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests qlib --doctest-modules

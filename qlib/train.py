@@ -265,7 +265,7 @@ def cached_training(name: str, recipe: dict, build: Callable[[], nn.Module],
     # Checked before training, so the learner hears it now and not after minutes of work;
     # either way the trained model is returned and used, with one warning.
     problem = writable_dir_problem(path.parent)
-    # One process trains a given model at a time (two notebooks, or make test's two workers):
+    # One process trains a given model at a time (two notebooks open at once, two test runs):
     # the other waits on the lock file, then loads what the first saved.
     lock = FileLock(f"{path}.lock") if not problem else None
     if lock is not None:

@@ -37,24 +37,3 @@ def one_thread():
     yield threads
     torch.set_num_threads(threads)
 
-
-#: make test's order, for its two workers (pytest-xdist hands out whole files in this order):
-#: the two files that train the language model and its six students first, so the notebooks
-#: that load them find them cached; then the other unit tests; the notebooks last, the ones
-#: that take longest (or train on first use) first, so that no long one is left for the end.
-TRAIN_FIRST = ("tests/test_distill_lm.py", "tests/test_lm.py")
-NOTEBOOKS_LONGEST_FIRST = ("06", "07", "03", "11", "09", "10", "04", "05", "02", "08", "00", "01")
-
-
-def pytest_collection_modifyitems(config, items):
-    def rank(item) -> tuple[int, int]:
-        path = item.nodeid.split("::")[0]
-        if path in TRAIN_FIRST:
-            return 0, TRAIN_FIRST.index(path)
-        if path.startswith("notebooks/") and path.endswith(".ipynb"):
-            number = path.rsplit("/", 1)[-1][:2]
-            return 2, (NOTEBOOKS_LONGEST_FIRST.index(number) if number in NOTEBOOKS_LONGEST_FIRST
-                       else len(NOTEBOOKS_LONGEST_FIRST))
-        return 1, 0
-
-    items.sort(key=rank)       # stable: the cells of a notebook and the tests of a file keep their order
