@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
 from filelock import FileLock, Timeout
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -262,6 +262,26 @@ def cached_training(name: str, recipe: dict, build: Callable[[], nn.Module],
     """
     modules = (build.__module__, train.__module__, "qlib.train")
     path = Path(cache_dir or DATA_DIR / "models") / f"{name}-{_key(recipe, modules)}.pt"
+
+    def cached(say: bool) -> nn.Module | None:
+        """The cached model, or None when there is none or it is unusable (``say``: say so)."""
+        if not path.exists():
+            return None
+        net = build()
+        try:
+            ckpt = load_checkpoint(path)
+            if ckpt.get("recipe") != recipe:
+                raise ValueError("the cached recipe differs")
+            net.load_state_dict(ckpt["state_dict"])
+            return net.eval()
+        except Exception as err:  # noqa: BLE001 - any bad cache is rebuilt
+            if say:
+                print(f"qlib: cache {path.name} unusable ({type(err).__name__}); retraining")
+            return None
+
+    net = cached(say=False)    # the usual case: no lock, no probe (a save is an atomic rename)
+    if net is not None:
+        return net
     # Checked before training, so the learner hears it now and not after minutes of work;
     # either way the trained model is returned and used, with one warning.
     problem = writable_dir_problem(path.parent)
@@ -275,17 +295,10 @@ def cached_training(name: str, recipe: dict, build: Callable[[], nn.Module],
             print(f"qlib: another process is training {path.name}; waiting for it")
             lock.acquire()
     try:
+        net = cached(say=True)     # saved meanwhile by the process we waited for?
+        if net is not None:
+            return net
         net = build()
-        if path.exists():
-            try:
-                ckpt = load_checkpoint(path)
-                if ckpt.get("recipe") != recipe:
-                    raise ValueError("the cached recipe differs")
-                net.load_state_dict(ckpt["state_dict"])
-                return net.eval()
-            except Exception as err:  # noqa: BLE001 - any bad cache is rebuilt
-                print(f"qlib: cache {path.name} unusable ({type(err).__name__}); retraining")
-                net = build()
         if problem:
             warnings.warn(f"qlib: the cache folder {problem}: {name} is trained now and used, but "
                           f"not saved (set QLIB_DATA to a writable folder to keep it)", stacklevel=2)

@@ -36,4 +36,3 @@ def one_thread():
     torch.set_num_threads(1)
     yield threads
     torch.set_num_threads(threads)
-

@@ -105,7 +105,8 @@ def cell_names(source: str) -> CellNames:
                                             not in ("lambda", "listcomp", "setcomp", "dictcomp", "genexpr")))
 
     walk(table, True, False)
-    for node in ast.walk(ast.parse(source)):
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
         target = None
         if isinstance(node, (ast.Attribute, ast.Subscript)) and isinstance(node.ctx, (ast.Store, ast.Del)):
             target = node.value
@@ -119,7 +120,6 @@ def cell_names(source: str) -> CellNames:
                 before.add(target.id)               # x += 1 reads the x from before
     imported: dict[str, str] = {}
     other: set[str] = set()
-    tree = ast.parse(source)
     for node in ast.walk(tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)) and node in tree.body:
             for alias in node.names:
