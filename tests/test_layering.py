@@ -42,8 +42,8 @@ LAYERS: list[tuple[str, ...]] = [
 ]
 
 #: Third-party modules that may be imported inside a function (optional or heavy).
-LAZY_OK = ("matplotlib", "ipywidgets", "IPython", "onnxruntime", "torchvision", "mlxtend",
-           "sklearn", "scipy", "pydoc_data", "torchao")
+LAZY_OK = ("matplotlib", "ipywidgets", "IPython", "onnx", "onnxruntime", "torchvision",
+           "mlxtend", "sklearn", "scipy", "pydoc_data", "torchao")
 
 
 @dataclass
@@ -201,6 +201,29 @@ def test_importing_a_technique_registers_nothing(package: str) -> None:
             f"'qlib.recipes') or m in ('qlib.report', 'qlib.evaluate')]; assert not bad, bad")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_a_notebooks_first_cell_loads_no_heavy_optional_package() -> None:
+    """The checkers, the harness and the embedded data load without nbformat (classroom),
+    onnx / onnxruntime (the runtime recipe) or scikit-learn (the split): each costs a
+    second or more in every notebook kernel and test process. Both lazy packages still
+    give every name they list."""
+    code = ("import sys\n"
+            "from qlib.course import check\n"
+            "import qlib.evaluate, qlib.runtime.onnx\n"
+            "from qlib.data import load_dataset\n"
+            "load_dataset('embedded')\n"
+            "heavy = ('nbformat', 'jsonschema', 'onnx', 'onnxruntime', 'ml_dtypes', 'sklearn')\n"
+            "loaded = [m for m in heavy if m in sys.modules]\n"
+            "assert not loaded, f'loaded at start-up: {loaded}'\n"
+            "import qlib.course as course, qlib.runtime as runtime\n"
+            "for pkg in (course, runtime):\n"
+            "    missing = [n for n in pkg.__all__ if getattr(pkg, n, None) is None]\n"
+            "    assert not missing, (pkg.__name__, missing)\n"
+            "assert 'nbformat' in sys.modules and 'onnx' in sys.modules\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
 
 

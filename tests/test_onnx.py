@@ -162,6 +162,21 @@ def test_calibration_reader_yields_name_and_shapes(data, files) -> None:
     assert reader.get_next()["input"].shape == (32, 1, 28, 28)
 
 
+def test_calibration_reader_is_an_ort_reader_and_iterates() -> None:
+    """Not a subclass by inheritance (that would import onnx with the module), but ORT's
+    CalibrationDataReader counts it as one, and it iterates as the base class did."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    batches = [torch.full((2, 1, 28, 28), float(i)) for i in range(3)]
+    reader = TensorCalibrationReader(batches)
+    assert isinstance(reader, CalibrationDataReader)
+    assert issubclass(TensorCalibrationReader, CalibrationDataReader)
+    assert [float(d["input"][0, 0, 0, 0]) for d in reader] == [0.0, 1.0, 2.0]
+    assert reader.get_next() is None
+    reader.rewind()
+    assert next(iter(reader))["input"].shape == (2, 1, 28, 28)
+
+
 def test_bad_input_raises(files, tmp_path) -> None:
     with pytest.raises(ValueError, match="empty"):
         TensorCalibrationReader([])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import onnxruntime as ort
 from torch import nn
 
 from .. import data as qdata
@@ -24,6 +23,9 @@ def int8_ort(baseline: nn.Module, data: Splits) -> Variant:
     the int8 file's; its speed ``reference`` is the same baseline exported to fp32 ONNX,
     in the same runtime (1 thread). Deterministic: same baseline and data, same file.
     """
+    # lazy: the catalog imports this module in every process; ORT loads when the recipe runs
+    import onnxruntime as ort
+
     folder = qdata.DATA_DIR / "onnx"  # read at call time: tests point it elsewhere
     x = data.test.tensors[0][:1]
     fp32 = export_onnx(baseline, x, folder / "int8-ort-fp32.onnx")

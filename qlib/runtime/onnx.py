@@ -18,6 +18,10 @@ CPU). Dynamic quantization stores s8 weights but computes activation ranges at e
 >>> path = export_onnx(course_model(), torch.zeros(1, 1, 28, 28), "/tmp/c.onnx")  # doctest: +SKIP
 >>> OrtModel(path)(torch.zeros(4, 1, 28, 28)).shape                                # doctest: +SKIP
 torch.Size([4, 10])
+
+``onnx`` and ``onnxruntime`` load inside the functions that use them: ``onnx`` brings
+``ml_dtypes`` (about a second), and every process that imports :mod:`qlib.evaluate`
+(through the recipe catalog) would pay it, though few export, quantize or run anything.
 """
 
 from __future__ import annotations
@@ -30,16 +34,16 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import onnx
-import onnxruntime as ort
 import torch
-from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
-                                      QuantType, quant_pre_process, quantize_dynamic,
-                                      quantize_static)
 from torch import Tensor, nn
 
 from .._files import atomic_write
+
+if TYPE_CHECKING:  # annotations only; at run time the functions import it
+    from onnxruntime.quantization import QuantType
 
 __all__ = ["export_onnx", "OrtModel", "TensorCalibrationReader", "quantize_static_ort",
            "quantize_dynamic_ort", "onnx_op_counts", "ACTIVATION_TYPES"]
@@ -72,6 +76,8 @@ def export_onnx(model: nn.Module, example_input: Tensor, path: str | Path, *,
     >>> export_onnx(course_model(), torch.zeros(1, 1, 28, 28), "c.onnx").name  # doctest: +SKIP
     'c.onnx'
     """
+    import onnx  # lazy: onnx loads ml_dtypes (about 1 s); only export and file readers need it
+
     if not isinstance(model, nn.Module):
         raise TypeError(f"export_onnx needs an nn.Module, got {type(model).__name__}")
     x = _check_image_batch(example_input, "example_input")
@@ -96,6 +102,8 @@ def onnx_op_counts(path: str | Path) -> dict[str, int]:
     (no ``BatchNormalization`` after folding; ``QuantizeLinear`` / ``DequantizeLinear``
     pairs after static QDQ quantization).
     """
+    import onnx  # lazy: onnx loads ml_dtypes (about 1 s); only export and file readers need it
+
     counts: dict[str, int] = {}
     for node in onnx.load(str(path), load_external_data=False).graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
@@ -120,6 +128,8 @@ class OrtModel:
         self.path, self.threads = Path(path), threads
         if not self.path.is_file():
             raise ValueError(f"no ONNX file at {str(self.path)!r}")
+        import onnxruntime as ort  # lazy: its native library loads only for a session
+
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -154,11 +164,14 @@ class OrtModel:
         return f"OrtModel({str(self.path)!r}, threads={self.threads})"
 
 
-class TensorCalibrationReader(CalibrationDataReader):
+class TensorCalibrationReader:
     """ORT ``CalibrationDataReader`` over a list of float batches (N, C, H, W).
 
     Introduced in notebook 03. ``get_next()`` returns ``{input_name: array}`` per batch and
-    ``None`` when done; ``rewind()`` starts over. Feed it from ``qlib.data``:
+    ``None`` when done; ``rewind()`` starts over; iterating yields the same dicts. ORT's
+    ``CalibrationDataReader`` counts any class with a ``get_next`` method as its subclass
+    (``isinstance`` holds), so this one need not import ``onnxruntime.quantization`` (and
+    ``onnx``) to inherit from it. Feed it from ``qlib.data``:
     ``TensorCalibrationReader(calibration_batches(data))`` (training images; calibrating on
     test images would leak the test set).
 
@@ -193,14 +206,29 @@ class TensorCalibrationReader(CalibrationDataReader):
     def rewind(self) -> None:
         self._next = 0
 
+    # what CalibrationDataReader gave by inheritance: iteration over get_next()
+    def __iter__(self) -> TensorCalibrationReader:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        item = self.get_next()
+        if item is None:
+            raise StopIteration
+        return item
+
 
 def _qtype(name: str) -> QuantType:
+    # lazy: onnxruntime.quantization imports onnx (about 1 s); only quantizing needs it
+    from onnxruntime.quantization import QuantType
+
     if name not in ACTIVATION_TYPES:
         raise ValueError(f"activation type must be one of {ACTIVATION_TYPES}, got {name!r}")
     return QuantType.QUInt8 if name == "uint8" else QuantType.QInt8
 
 
 def _model_input_name(path: Path) -> str:
+    import onnx  # lazy: onnx loads ml_dtypes (about 1 s); only export and file readers need it
+
     graph = onnx.load(str(path), load_external_data=False).graph
     inits = {i.name for i in graph.initializer}
     return [i.name for i in graph.input if i.name not in inits][0]
@@ -242,6 +270,10 @@ def quantize_static_ort(src: str | Path, dst: str | Path,
     >>> quantize_static_ort("c.onnx", "c-int8.onnx", calibration_batches(data))  # doctest: +SKIP
     PosixPath('c-int8.onnx')
     """
+    # lazy: onnxruntime.quantization imports onnx (about 1 s); only quantizing needs it
+    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
+                                          quant_pre_process, quantize_static)
+
     src = Path(src)
     if not src.is_file():
         raise ValueError(f"no ONNX file at {str(src)!r}")
@@ -278,6 +310,9 @@ def quantize_dynamic_ort(src: str | Path, dst: str | Path, *, per_channel: bool 
     >>> quantize_dynamic_ort("c.onnx", "c-dyn.onnx")  # doctest: +SKIP
     PosixPath('c-dyn.onnx')
     """
+    # lazy: onnxruntime.quantization imports onnx (about 1 s); only quantizing needs it
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
     src = Path(src)
     if not src.is_file():
         raise ValueError(f"no ONNX file at {str(src)!r}")
