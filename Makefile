@@ -19,21 +19,38 @@ help:
 	@echo "make classroom - write the nbgrader course $(CLASSROOM)/ (GRADE_WRITTEN=1: grade written answers)"
 	@echo "make clean   - remove .venv and cached models (data/ keeps its README)"
 
+# uv installs the same pinned wheels as pip, linked from its cache: seconds instead of the
+# two minutes pip takes to unpack torch's 6 GB. INSTALLER=pip uses pip (for example with a
+# wheelhouse set up in pip.conf, which uv does not read).
+INSTALLER ?= uv
+ifeq ($(INSTALLER),pip)
+INSTALL := $(BIN)/python -m pip install
+else
+INSTALL := $(BIN)/uv pip install --python $(BIN)/python
+endif
+
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -r requirements.txt
-	$(BIN)/python -m pip install --no-deps --no-build-isolation -e .
+	$(if $(filter pip,$(INSTALLER)),,$(BIN)/python -m pip install -q uv==0.13.9)
+	$(INSTALL) -r requirements.txt
+	$(INSTALL) --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
-# make test: each notebook and its student copy run in one kernel (--paired-copies,
-# notebooks/conftest.py). One process: two pytest-xdist workers were tried and were slower,
-# because two trainings that each pin 2 threads on 2 cores stall each other.
+# make test: first `python -m qlib prepare` trains the long shared models (the course CNN,
+# the LM and its students) one at a time, each on 2 threads; then every test and every
+# notebook with its student copy (in one kernel: --paired-copies, notebooks/conftest.py) on
+# TEST_WORKERS pytest-xdist workers, a file per worker at a time. OMP_WAIT_POLICY=PASSIVE:
+# an OpenMP thread that waits sleeps instead of spinning, so two processes that each use 2
+# threads on 2 cores share them (spinning, two trainings ran 10x slower); it changes no number.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest tests qlib notebooks --doctest-modules --nbval-lax \
-		--nbval-current-env --nbval-cell-timeout=$(NB_TIMEOUT) --durations=15 --paired-copies
+	$(BIN)/python -m qlib prepare --no-progress
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest tests qlib notebooks --doctest-modules \
+		--nbval-lax --nbval-current-env --nbval-cell-timeout=$(NB_TIMEOUT) --durations=15 \
+		--paired-copies -n $(TEST_WORKERS) --dist loadfile
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests qlib --doctest-modules

@@ -143,3 +143,11 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector):
     paired.instructor = instructor
     return rest + ([paired] if notebooks else [])
 
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Notebooks first (a stable sort: each keeps its cells in order). With pytest-xdist's
+    ``--dist loadfile`` (``make test``) a worker takes the next whole file when it is free:
+    the notebooks are the longest files, so starting with them lets the short test files
+    fill in at the end and both workers finish at about the same time."""
+    items.sort(key=lambda item: item.path.suffix != ".ipynb")

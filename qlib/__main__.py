@@ -1,10 +1,13 @@
-"""The one command line: ``python -m qlib report | list | deploy | workbook``.
+"""The one command line: ``python -m qlib report | list | deploy | workbook | prepare``.
 
     report    evaluate the baseline and every recipe into DIR (report.json, report.md, PNGs)
     list      name every recipe, its technique and what it does
     deploy    the deploy benchmark: fp32 and int8 runtimes side by side (notebook 03)
     workbook  write (or --check) the student copies of the notebooks, or with
               --nbgrader DIR the same exercises as an nbgrader course
+    prepare   train and cache, one after the other, the models that several notebooks
+              load: the course CNN, the course LM and its six students (``make test``
+              runs it first; a workshop lead runs it on each machine before the session)
 
 Output locations (``--out``, ``--json``, the cache folder under ``data/``) are checked
 before any work starts, and before the heavy modules (ONNX, nbformat) are imported, so a
@@ -77,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
                          "source/NN_*/; see the README's \"Teaching with nbgrader\")")
     wb.add_argument("--grade-written", action="store_true",
                     help="with --nbgrader: the written answers are graded by hand")
+    prep = sub.add_parser("prepare", help="train and cache the models several notebooks share "
+                                          "(about 5 min on 2 cores the first time)")
+    prep.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
 
 
@@ -105,7 +111,8 @@ def _check_outputs(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
             fail(f"--nbgrader: {why}")
     # report and deploy may train (the baseline, the LM, QAT recipes) and export ONNX files
     # into the data folder: a model trained for minutes and then not saved is lost work.
-    if args.command in ("report", "deploy") and (why := writable_dir_problem(qdata.DATA_DIR)):
+    if args.command in ("report", "deploy", "prepare") and (
+            why := writable_dir_problem(qdata.DATA_DIR)):
         fail(f"the data folder (cached models, ONNX files): {why}; set QLIB_DATA to a "
              "writable folder")
 
@@ -203,6 +210,36 @@ def _workbook(args: argparse.Namespace) -> int:
     return 1 if bad and args.check else 0
 
 
+def _prepare(args: argparse.Namespace) -> int:
+    """Load or train, one at a time, each model that several notebooks share; print the
+    seconds each took. Training pins 2 threads (qlib.train.TRAIN_THREADS): two trainings at
+    once on a 2-core machine stall each other, so this runs before anything in parallel."""
+    import time
+    from collections.abc import Callable
+
+    from .distill_lm import get_lm_student
+    from .lm import get_lm
+    from .recipes.lm_compress import STUDENT_SEEDS
+    from .train import get_baseline
+    progress, start = not args.no_progress, time.perf_counter()
+
+    def timed(what: str, load: Callable[[], object]) -> object:
+        t = time.perf_counter()
+        out = load()
+        print(f"{time.perf_counter() - t:6.1f} s  {what}", flush=True)
+        return out
+
+    timed("the course CNN (notebooks 00-08, 11)", lambda: get_baseline(progress=progress))
+    lm, data = timed("the course LM (notebooks 09, 10)", lambda: get_lm(progress=progress))
+    for mode in ("scratch", "kd"):
+        for seed in STUDENT_SEEDS:   # exactly notebook 10's calls, so it finds them cached
+            timed(f"the {mode} LM student, seed {seed} (notebook 10)",
+                  lambda: get_lm_student(mode, data, lm if mode == "kd" else None, seed=seed,
+                                         progress=progress))
+    print(f"{time.perf_counter() - start:6.1f} s  in all; cached in {qdata.DATA_DIR / 'models'}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -216,6 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _report(args, parser)
     if args.command == "deploy":
         return _deploy(args, parser)
+    if args.command == "prepare":
+        return _prepare(args)
     return _workbook(args)
 
 

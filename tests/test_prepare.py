@@ -1,0 +1,44 @@
+"""`python -m qlib prepare`: it asks for exactly the models the notebooks load (so they find
+them cached), one after the other, and prints the seconds each took. Recorded calls stand in
+for the training here; `make test` runs the real command first."""
+
+from __future__ import annotations
+
+import pytest
+
+import qlib.distill_lm
+import qlib.lm
+import qlib.train
+from qlib.__main__ import main
+from qlib.recipes.lm_compress import STUDENT_SEEDS
+
+
+def test_prepare_loads_the_cnn_the_lm_and_notebook_10s_students(monkeypatch, capsys):
+    calls: list[tuple] = []
+    lm, data = object(), object()
+    monkeypatch.setattr(qlib.train, "get_baseline",
+                        lambda **kw: calls.append(("cnn", kw)) or ("cnn", "mnist"))
+    monkeypatch.setattr(qlib.lm, "get_lm", lambda **kw: calls.append(("lm", kw)) or (lm, data))
+
+    def student(mode, d, teacher=None, *, seed=0, **kw):
+        calls.append(("student", mode, d, teacher, seed, kw))
+
+    monkeypatch.setattr(qlib.distill_lm, "get_lm_student", student)
+    assert main(["prepare", "--no-progress"]) == 0
+    assert calls[:2] == [("cnn", {"progress": False}), ("lm", {"progress": False})]
+    # notebook 10: get_lm_student(mode, data, lm if mode == "kd" else None, seed=s)
+    assert calls[2:] == [("student", mode, data, lm if mode == "kd" else None, seed,
+                          {"progress": False})
+                         for mode in ("scratch", "kd") for seed in STUDENT_SEEDS]
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 + 2 * len(STUDENT_SEEDS)          # one per model, then the total
+    assert all(line.split()[1] == "s" for line in lines) and "in all" in lines[-1]
+
+
+def test_prepare_refuses_an_unwritable_data_folder(monkeypatch, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    monkeypatch.setattr("qlib.data.DATA_DIR", afile / "data")
+    with pytest.raises(SystemExit) as exit_:
+        main(["prepare"])
+    assert exit_.value.code == 2 and "data folder" in capsys.readouterr().err
