@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import data as qdata
@@ -214,9 +215,6 @@ def _prepare(args: argparse.Namespace) -> int:
     """Load or train, one at a time, each model that several notebooks share; print the
     seconds each took. Training pins 2 threads (qlib.train.TRAIN_THREADS): two trainings at
     once on a 2-core machine stall each other, so this runs before anything in parallel."""
-    import time
-    from collections.abc import Callable
-
     from .distill_lm import get_lm_student
     from .lm import get_lm
     from .recipes.lm_compress import STUDENT_SEEDS

@@ -114,74 +114,19 @@ class Splits:
                           generator=gen)
 
 
-def _approximate_mode(class_counts: np.ndarray, n_draws: int,
-                      rng: np.random.RandomState) -> np.ndarray:
-    """Draws per class, about ``n_draws * class_counts / class_counts.sum()`` each.
-
-    Floors the proportional share, then hands the draws left over to the classes with the
-    largest remainders, breaking ties at random with ``rng`` (scikit-learn's
-    ``sklearn.utils.extmath._approximate_mode``, step for step and draw for draw).
-    """
-    continuous = class_counts / class_counts.sum() * n_draws
-    floored = np.floor(continuous)
-    need_to_add = int(n_draws - floored.sum())
-    if need_to_add > 0:
-        remainder = continuous - floored
-        for value in np.sort(np.unique(remainder))[::-1]:
-            (inds,) = np.where(remainder == value)
-            add_now = min(len(inds), need_to_add)
-            floored[rng.choice(inds, size=add_now, replace=False)] += 1
-            need_to_add -= add_now
-            if need_to_add == 0:
-                break
-    return floored.astype(int)
-
-
-def _stratified_take(labels: np.ndarray, n_take: int, seed: int
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Positions into ``labels``: ``n_take`` drawn stratified, and all the others.
-
-    The same positions, in the same order, as scikit-learn's
-    ``train_test_split(np.arange(len(labels)), train_size=n_take, stratify=labels,
-    random_state=seed)`` (one ``StratifiedShuffleSplit`` draw), reproduced here so that
-    loading a dataset does not import scikit-learn (about a second);
-    ``tests/test_data.py`` compares the two.
-    """
-    classes, y_indices, class_counts = np.unique(labels, return_inverse=True,
-                                                 return_counts=True)
-    n_rest = len(labels) - n_take
-    if class_counts.min() < 2:
-        raise ValueError(f"every class needs at least 2 members to split stratified; classes "
-                         f"{classes[class_counts < 2].tolist()} have 1")
-    if min(n_take, n_rest) < len(classes):
-        raise ValueError(f"both sides of a stratified split need one item per class: "
-                         f"{n_take} and {n_rest} for {len(classes)} classes")
-    # each class's positions, in order (np.unique sorted the classes)
-    class_indices = np.split(np.argsort(y_indices, kind="stable"),
-                             np.cumsum(class_counts)[:-1])
-    rng = np.random.RandomState(seed)
-    n_i = _approximate_mode(class_counts, n_take, rng)
-    t_i = _approximate_mode(class_counts - n_i, n_rest, rng)
-    take, rest = [], []
-    for i in range(len(classes)):
-        shuffled = class_indices[i].take(rng.permutation(class_counts[i]), mode="clip")
-        take.extend(shuffled[: n_i[i]])
-        rest.extend(shuffled[n_i[i]: n_i[i] + t_i[i]])
-    return rng.permutation(take), rng.permutation(rest)
-
-
 def stratified_split(labels: np.ndarray, sizes: tuple[int, ...], seed: int = 0
                      ) -> list[np.ndarray]:
     """Indices of disjoint subsets of the given sizes, each with the class mix of ``labels``.
 
     The last subset takes what is left when ``sum(sizes) == len(labels)``. Deterministic
-    for a given seed: subset ``i`` is scikit-learn's ``train_test_split`` with ``stratify``
-    and ``random_state=seed + i`` on what the subsets before it left, computed without
-    importing scikit-learn (the same indices; ``tests/test_data.py`` holds it).
+    for a given seed (scikit-learn's ``train_test_split`` with ``stratify``).
 
     >>> [len(i) for i in stratified_split(np.repeat(np.arange(2), 10), (4, 16))]
     [4, 16]
     """
+    # lazy: scikit-learn takes a second to import and only the splitter needs it
+    from sklearn.model_selection import train_test_split
+
     labels = np.asarray(labels)
     if labels.ndim != 1:
         raise ValueError(f"labels must be one-dimensional (one class per item), got shape "
@@ -194,9 +139,9 @@ def stratified_split(labels: np.ndarray, sizes: tuple[int, ...], seed: int = 0
         if i == len(sizes) - 1 and size == len(rest):
             out.append(np.sort(rest))
             break
-        take, left = _stratified_take(labels[rest], size, seed + i)
-        out.append(np.sort(rest[take]))
-        rest = rest[left]  # in the drawn order: the next split's draw depends on it
+        take, rest = train_test_split(rest, train_size=size, stratify=labels[rest],
+                                      random_state=seed + i)
+        out.append(np.sort(take))
     return out
 
 

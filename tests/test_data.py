@@ -83,63 +83,6 @@ def test_mnist_sample_is_exactly_mlxtends(data):
     np.testing.assert_array_equal(labels, want_y)
 
 
-def _sklearn_stratified_split(labels, sizes, seed=0):
-    """stratified_split as it was, on scikit-learn's train_test_split: the reference."""
-    from sklearn.model_selection import train_test_split
-
-    labels = np.asarray(labels)
-    rest, out = np.arange(len(labels)), []
-    for i, size in enumerate(sizes):
-        if i == len(sizes) - 1 and size == len(rest):
-            out.append(np.sort(rest))
-            break
-        take, rest = train_test_split(rest, train_size=size, stratify=labels[rest],
-                                      random_state=seed + i)
-        out.append(np.sort(take))
-    return out
-
-
-def _split_cases():
-    """(labels, sizes): the embedded sample's split, an MNIST-sized validation split, and
-    small random label sets whose class shares leave tied remainders to break at random."""
-    y = qdata._mnist_sample()[1]
-    counts = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]  # MNIST train
-    mnist = np.random.default_rng(0).permutation(np.repeat(np.arange(10), counts))
-    cases = [(y, (1000, 500, 3500)), (y, (1000, 500, 2000)), (mnist, (55000, 5000)),
-             (np.repeat(np.arange(3), [5, 5, 5]), (4, 4, 7)),
-             (np.array(list("abcabcabcaab")), (3, 9))]
-    rng = np.random.default_rng(1)
-    for k in range(30):
-        n, ncls = int(rng.integers(30, 300)), int(rng.integers(2, 8))
-        labels = np.concatenate([np.repeat(np.arange(ncls), 2), rng.integers(0, ncls, n)])
-        a, b = (int(rng.integers(ncls, len(labels) // 3)) for _ in range(2))
-        cases.append((labels, (a, b, len(labels) - a - b) if k % 2 else (a, b)))
-    return cases
-
-
-def test_stratified_split_gives_scikit_learns_indices():
-    """The split drawn without scikit-learn is index for index the one it drew."""
-    for labels, sizes in _split_cases():
-        for seed in (0, 1, 12):
-            got = qdata.stratified_split(labels, sizes, seed)
-            want = _sklearn_stratified_split(labels, sizes, seed)
-            assert [len(g) for g in got] == [len(w) for w in want]
-            for g, w in zip(got, want):
-                np.testing.assert_array_equal(g, w)
-
-
-@pytest.mark.parametrize("labels, sizes", [
-    (np.array([0, 0, 1, 1, 2]), (2, 3)),             # class 2 has one member
-    (np.repeat(np.arange(5), 4), (3, 17)),           # fewer taken than classes
-    (np.repeat(np.arange(5), 4), (17, 3)),           # fewer left than classes
-])
-def test_stratified_split_refuses_what_scikit_learn_refuses(labels, sizes):
-    with pytest.raises(ValueError):
-        _sklearn_stratified_split(labels, sizes)
-    with pytest.raises(ValueError, match="member|one item per class"):
-        qdata.stratified_split(labels, sizes)
-
-
 def test_bad_split_and_batch(data):
     with pytest.raises(ValueError, match="'train', 'val' or 'test'"):
         data.loader("dev")

@@ -205,16 +205,14 @@ def test_importing_a_technique_registers_nothing(package: str) -> None:
 
 
 def test_a_notebooks_first_cell_loads_no_heavy_optional_package() -> None:
-    """The checkers, the harness and the embedded data load without nbformat (classroom),
-    onnx / onnxruntime (the runtime recipe) or scikit-learn (the split): each costs a
-    second or more in every notebook kernel and test process. Both lazy packages still
+    """The checkers and the harness load without nbformat (classroom) or onnx / onnxruntime
+    (the runtime recipe): each costs a second or more in every notebook kernel and test
+    process. Both lazy packages still
     give every name they list."""
     code = ("import sys\n"
             "from qlib.course import check\n"
             "import qlib.evaluate, qlib.runtime.onnx\n"
-            "from qlib.data import load_dataset\n"
-            "load_dataset('embedded')\n"
-            "heavy = ('nbformat', 'jsonschema', 'onnx', 'onnxruntime', 'ml_dtypes', 'sklearn')\n"
+            "heavy = ('nbformat', 'jsonschema', 'onnx', 'onnxruntime', 'ml_dtypes')\n"
             "loaded = [m for m in heavy if m in sys.modules]\n"
             "assert not loaded, f'loaded at start-up: {loaded}'\n"
             "import qlib.course as course, qlib.runtime as runtime\n"
