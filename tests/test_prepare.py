@@ -7,17 +7,22 @@ from __future__ import annotations
 import pytest
 
 import qlib.distill_lm
+import qlib.evaluate
 import qlib.lm
 import qlib.train
-from qlib.__main__ import main
+from qlib.__main__ import TRAINED_RECIPES, main
+from qlib.recipes import load_recipes
 from qlib.recipes.lm_compress import STUDENT_SEEDS
 
 
-def test_prepare_loads_the_cnn_the_lm_and_notebook_10s_students(monkeypatch, capsys):
+def test_prepare_loads_the_cnn_its_recipes_the_lm_and_notebook_10s_students(monkeypatch,
+                                                                             capsys):
     calls: list[tuple] = []
     lm, data = object(), object()
     monkeypatch.setattr(qlib.train, "get_baseline",
                         lambda **kw: calls.append(("cnn", kw)) or ("cnn", "mnist"))
+    monkeypatch.setattr(qlib.evaluate, "run_recipe",
+                        lambda *a, **kw: calls.append(("recipe", *a, kw)) or (None, None))
     monkeypatch.setattr(qlib.lm, "get_lm", lambda **kw: calls.append(("lm", kw)) or (lm, data))
 
     def student(mode, d, teacher=None, *, seed=0, **kw):
@@ -25,13 +30,17 @@ def test_prepare_loads_the_cnn_the_lm_and_notebook_10s_students(monkeypatch, cap
 
     monkeypatch.setattr(qlib.distill_lm, "get_lm_student", student)
     assert main(["prepare", "--no-progress"]) == 0
-    assert calls[:2] == [("cnn", {"progress": False}), ("lm", {"progress": False})]
+    n = len(TRAINED_RECIPES)
+    assert calls[0] == ("cnn", {"progress": False})
+    assert calls[1:n + 1] == [("recipe", name, "cnn", "mnist", {"evaluate": False})
+                              for name in TRAINED_RECIPES]      # as the report calls them
+    assert calls[n + 1] == ("lm", {"progress": False})
     # notebook 10: get_lm_student(mode, data, lm if mode == "kd" else None, seed=s)
-    assert calls[2:] == [("student", mode, data, lm if mode == "kd" else None, seed,
+    assert calls[n + 2:] == [("student", mode, data, lm if mode == "kd" else None, seed,
                           {"progress": False})
                          for mode in ("scratch", "kd") for seed in STUDENT_SEEDS]
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 3 + 2 * len(STUDENT_SEEDS)          # one per model, then the total
+    assert len(lines) == 3 + n + 2 * len(STUDENT_SEEDS)      # one per model, then the total
     assert all(line.split()[1] == "s" for line in lines) and "in all" in lines[-1]
 
 
@@ -42,3 +51,8 @@ def test_prepare_refuses_an_unwritable_data_folder(monkeypatch, tmp_path, capsys
     with pytest.raises(SystemExit) as exit_:
         main(["prepare"])
     assert exit_.value.code == 2 and "data folder" in capsys.readouterr().err
+
+
+def test_the_prepared_recipes_are_registered_vision_recipes():
+    recipes = load_recipes()
+    assert all(recipes[name].task == "vision" for name in TRAINED_RECIPES)

@@ -142,7 +142,7 @@ def test_cached_training_and_fingerprint(tmp_path):
 
 
 _LOCK_DEMO = """
-import sys, time
+import os, sys, time
 import torch
 from qlib.train import cached_training
 
@@ -153,7 +153,11 @@ def build():
 def train(m):
     with open(sys.argv[2], "a") as f:
         f.write("trained\\n")
-    time.sleep(3)                       # long enough for the other process to find the lock
+    go = sys.argv[2] + ".go"            # hold the lock until the test says the other waits
+    for _ in range(1200):
+        if os.path.exists(go):
+            break
+        time.sleep(0.1)
     with torch.no_grad():
         m.weight.fill_(float(sys.argv[3]))
 
@@ -175,13 +179,21 @@ def test_two_processes_train_a_model_once(tmp_path):
     time.sleep(0.2)
     while not log.exists() and first.poll() is None:       # the first is inside train()
         time.sleep(0.05)
-    second = subprocess.run([sys.executable, str(script), str(tmp_path / "cache"), str(log), "9"],
-                            capture_output=True, text=True, timeout=120)
+    # -u: the second's lines arrive as it prints them, whatever the machine's load
+    second = subprocess.Popen([sys.executable, "-u", str(script), str(tmp_path / "cache"),
+                               str(log), "9"], stdout=subprocess.PIPE, text=True)
+    seen = []
+    for line in second.stdout:                             # until the second waits on the lock
+        seen.append(line)
+        if "another process is training lin-" in line:
+            break
+    (tmp_path / "trained.log.go").touch()                  # now the first may finish
+    out2 = "".join(seen) + second.communicate(timeout=120)[0]
     out1, _ = first.communicate(timeout=120)
-    assert first.returncode == 0 and second.returncode == 0, second.stderr
+    assert first.returncode == 0 and second.returncode == 0, out2
     assert log.read_text() == "trained\n"                  # trained once, by the first
-    assert "another process is training lin-" in second.stdout
-    assert "weight 7.0" in out1 and "weight 7.0" in second.stdout   # the second loaded the first's
+    assert "another process is training lin-" in out2
+    assert "weight 7.0" in out1 and "weight 7.0" in out2   # the second loaded the first's
 
 
 # ----- cache keys follow the code a training depends on, not its documentation --------
