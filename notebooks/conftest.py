@@ -145,22 +145,25 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector):
 
 
 
-#: The notebooks that take longest in a fresh clone after ``python -m qlib prepare`` (06 trains
-#: its own students on first use; CI with two workers, 2026-12-02). Only an order hint: a
+#: The files that take longest in a fresh clone after ``python -m qlib prepare`` (CI with two
+#: workers, 2026-12-02: notebook 06 trains its own students on first use, 206 s; 10 155 s;
+#: 09 149 s; 07 127 s; 03 106 s; then the test files of 40-90 s). Only an order hint: a
 #: stale list costs a little time, never a result.
-LONGEST_FIRST = ("06", "07", "10", "09", "03")
+LONGEST_FIRST = ("06", "10", "09", "07", "03", "04", "05", "02", "08")
+SLOW_TESTS = ("test_browser.py", "test_layering.py", "test_classroom.py",
+              "test_own_models.py", "test_paired.py", "test_train.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Notebooks first, longest first (a stable sort: each keeps its cells in order). With
-    pytest-xdist's ``--dist loadfile`` (``make test``) a worker takes the next whole file
-    when it is free: starting with the longest lets the short test files fill in at the
-    end, so both workers finish at about the same time."""
+    """Notebooks first, longest first, then the slowest test files, then the rest (a stable
+    sort: each file keeps its items in order). With pytest-xdist's ``--dist loadfile``
+    (``make test``) a worker takes the next whole file when it is free: starting with the
+    longest lets the short files fill in at the end, so both workers finish together."""
     def rank(item: pytest.Item) -> tuple[int, int]:
-        if item.path.suffix != ".ipynb":
-            return (1, 0)
-        number = item.path.name[:2]
-        return (0, LONGEST_FIRST.index(number) if number in LONGEST_FIRST
-                else len(LONGEST_FIRST))
+        name = item.path.name
+        if item.path.suffix == ".ipynb":
+            return (0, LONGEST_FIRST.index(name[:2]) if name[:2] in LONGEST_FIRST
+                    else len(LONGEST_FIRST))
+        return (1, SLOW_TESTS.index(name)) if name in SLOW_TESTS else (2, 0)
 
     items.sort(key=rank)
