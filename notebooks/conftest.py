@@ -144,7 +144,6 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector):
     return rest + ([paired] if notebooks else [])
 
 
-
 #: The files that take longest in a fresh clone after ``python -m qlib prepare`` (CI with two
 #: workers, 2026-12-02: notebook 06 trains its own students on first use, 206 s; 10 155 s;
 #: 09 149 s; 07 127 s; 03 106 s; then the test files of 40-90 s). Only an order hint: a

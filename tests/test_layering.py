@@ -194,6 +194,14 @@ def test_qlib_keeps_its_layers() -> None:
     assert not problems, "\n".join(problems)
 
 
+def _python(code: str, *, timeout: float) -> str:
+    """Run ``code`` in a fresh interpreter; its stdout, once it exited 0 (else its stderr)."""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=timeout)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return res.stdout
+
+
 TECHNIQUES = ("qlib.quant", "qlib.prune", "qlib.runtime", "qlib.measure", "qlib.codec")
 
 
@@ -206,9 +214,7 @@ def test_importing_a_technique_registers_nothing() -> None:
             "    bad = [m for m in sys.modules if m.startswith('qlib.recipes')\n"
             "           or m in ('qlib.report', 'qlib.evaluate')]\n"
             "    assert not bad, (package, bad)\n")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120)
-    assert res.returncode == 0, res.stderr[-2000:]
+    _python(code, timeout=120)
 
 
 def test_a_notebooks_first_cell_loads_no_heavy_optional_package() -> None:
@@ -226,9 +232,7 @@ def test_a_notebooks_first_cell_loads_no_heavy_optional_package() -> None:
             "    missing = [n for n in pkg.__all__ if getattr(pkg, n, None) is None]\n"
             "    assert not missing, (pkg.__name__, missing)\n"
             "assert 'nbformat' in sys.modules and 'onnx' in sys.modules\n")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=300)
-    assert res.returncode == 0, res.stderr[-2000:]
+    _python(code, timeout=300)
 
 
 def test_registry_is_the_same_whatever_was_imported_first() -> None:
@@ -237,10 +241,7 @@ def test_registry_is_the_same_whatever_was_imported_first() -> None:
     seen = set()
     for pre in ("", "import qlib.quant, qlib.prune", "import qlib.report",
                 "import qlib.course.widgets, qlib.runtime.onnx"):
-        res = subprocess.run([sys.executable, "-c", code.format(pre=pre)], capture_output=True,
-                             text=True, timeout=120)
-        assert res.returncode == 0, res.stderr[-2000:]
-        seen.add(res.stdout.strip())
+        seen.add(_python(code.format(pre=pre), timeout=120).strip())
     assert len(seen) == 1 and "ptq-w8a8" in seen.pop()
 
 
