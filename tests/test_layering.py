@@ -219,12 +219,18 @@ def test_importing_a_technique_registers_nothing() -> None:
 
 def test_a_notebooks_first_cell_loads_no_heavy_optional_package() -> None:
     """The checkers and the harness load without nbformat (classroom) or onnx / onnxruntime
-    (the runtime recipe): each costs a second or more in every notebook kernel and test
-    process. Both lazy packages still give every name they list."""
+    (the runtime recipe), and set_seed switches PyTorch's deterministic kernels without
+    loading torch.compile's dynamo: each costs a second or more in every notebook kernel and
+    test process. Both lazy packages still give every name they list."""
     code = ("import sys\n"
             "from qlib.course import check\n"
             "import qlib.evaluate, qlib.runtime.onnx\n"
-            "heavy = ('nbformat', 'jsonschema', 'onnx', 'onnxruntime', 'ml_dtypes')\n"
+            "qlib.set_seed(0)\n"
+            "import torch\n"
+            "assert torch.are_deterministic_algorithms_enabled()\n"
+            "assert torch.is_deterministic_algorithms_warn_only_enabled()\n"
+            "heavy = ('nbformat', 'jsonschema', 'onnx', 'onnxruntime', 'ml_dtypes', "
+            "'torch._dynamo')\n"
             "loaded = [m for m in heavy if m in sys.modules]\n"
             "assert not loaded, f'loaded at start-up: {loaded}'\n"
             "import qlib.course as course, qlib.runtime as runtime\n"
