@@ -192,11 +192,12 @@ def _qparams(scale: Tensor | float, zero_point: Tensor | int,
                      f"[{z.min().item()}, {z.max().item()}]")
 
 
-def _round_clamp(x: Tensor, scale: Tensor, zp: Tensor, qmin: int, qmax: int
-                 ) -> tuple[Tensor, Tensor]:
-    """(clamped float q, mask of values inside the range before clamping)."""
+def _round_clamp(x: Tensor, scale: Tensor, zp: Tensor, qmin: int, qmax: int, *,
+                 mask: bool = True) -> tuple[Tensor, Tensor | None]:
+    """(clamped float q, mask of values inside the range before clamping, or None when
+    ``mask`` is False: only the straight-through gradient needs it)."""
     q = torch.round(x.float() / scale) + zp.float()  # half to even
-    return torch.clamp(q, qmin, qmax), (q >= qmin) & (q <= qmax)
+    return torch.clamp(q, qmin, qmax), ((q >= qmin) & (q <= qmax)) if mask else None
 
 
 def quantize(x: Tensor, scale: Tensor, zero_point: Tensor, bits: int, *,
@@ -219,7 +220,8 @@ def quantize(x: Tensor, scale: Tensor, zero_point: Tensor, bits: int, *,
     g = _groups(x, group_size)
     s = broadcast_qparam(scale, x, axis, group_size, "scale")
     z = broadcast_qparam(zero_point, x, axis, group_size, "zero_point")
-    return _round_clamp(g, s.float(), z, qmin, qmax)[0].to(torch.int32).reshape(x.shape)
+    q = _round_clamp(g, s.float(), z, qmin, qmax, mask=False)[0]
+    return q.to(torch.int32).reshape(x.shape)
 
 
 def dequantize(q: Tensor, scale: Tensor, zero_point: Tensor, *, axis: int | None = None,
@@ -263,13 +265,13 @@ def fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor, bits: int, *,
     scale, zero_point = _qparams(scale, zero_point, (qmin, qmax))
     s = broadcast_qparam(scale, x, axis, group_size, "scale").detach().float()
     z = broadcast_qparam(zero_point, x, axis, group_size, "zero_point").detach()
-    q, inside = _round_clamp(_groups(x.detach(), group_size), s, z, qmin, qmax)
-    q, inside = q.reshape(x.shape), inside.reshape(x.shape)
-    out = (((_groups(q, group_size) - z.float()) * s).reshape(x.shape)
+    q, inside = _round_clamp(_groups(x.detach(), group_size), s, z, qmin, qmax,
+                             mask=x.requires_grad)
+    out = (((q - z.float()) * s).reshape(x.shape)
            .to(x.dtype if x.is_floating_point() else torch.float32))
-    if not x.requires_grad:
+    if inside is None:
         return out
     # value of `out`, gradient `inside` (1 in range, 0 where clipped): the STE.
-    return out + (x - x.detach()) * inside.to(out.dtype)
+    return out + (x - x.detach()) * inside.reshape(x.shape).to(out.dtype)
 
 
