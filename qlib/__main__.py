@@ -226,9 +226,15 @@ def _prepare(args: argparse.Namespace) -> int:
     from .distill_lm import get_lm_student
     from .evaluate import run_recipe
     from .lm import get_lm
+    from .measure import peak_flops
     from .recipes.lm_compress import STUDENT_SEEDS
-    from .train import get_baseline
+    from .train import TRAIN_THREADS, get_baseline
     progress, start = not args.no_progress, time.perf_counter()
+    # the same machine runs at different speeds on different days (a shared host): say how
+    # fast it is now, so that the seconds below can be compared between runs
+    speed = peak_flops(1024, threads=TRAIN_THREADS, repeats=20)["gflops"]
+    print(f"{speed:6.1f} GFLOP/s  this machine now (fp32 1024x1024 matmul, {TRAIN_THREADS} "
+          f"threads, as training runs)", flush=True)
 
     def timed(what: str, load: Callable[[], object]) -> object:
         t = time.perf_counter()

@@ -40,8 +40,9 @@ def test_prepare_loads_the_cnn_its_recipes_the_lm_and_notebook_10s_students(monk
                           {"progress": False})
                          for mode in ("scratch", "kd") for seed in STUDENT_SEEDS]
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 3 + n + 2 * len(STUDENT_SEEDS)      # one per model, then the total
-    assert all(line.split()[1] == "s" for line in lines) and "in all" in lines[-1]
+    assert len(lines) == 4 + n + 2 * len(STUDENT_SEEDS)  # speed, one per model, the total
+    assert lines[0].split()[1] == "GFLOP/s" and float(lines[0].split()[0]) > 0
+    assert all(line.split()[1] == "s" for line in lines[1:]) and "in all" in lines[-1]
 
 
 def test_prepare_refuses_an_unwritable_data_folder(monkeypatch, tmp_path, capsys):
