@@ -219,6 +219,30 @@ TRAINED_RECIPES = ("qat-w4a4", "qat-w2a8", "scratch-student", "kd-student",
                    "deep-compression", "lowrank-fc1", "mobile-fp32")
 
 
+#: Training steps of the speed probe that `prepare` runs first.
+PROBE_STEPS = 150
+
+
+def _speed_probe() -> float:
+    """Seconds for :data:`PROBE_STEPS` steps of notebook 10's LM student (its shape, the
+    course LM's batches, 2 threads), trained and thrown away: a fixed piece of the work that
+    `prepare` and the notebooks do. One shared 2-core machine ran it in 5.0 s and in 11.4 s
+    on the same day, and everything else took longer in about the same proportion, so a
+    time means little without it."""
+    from .distill_lm import LM_STUDENT
+    from .lm import LM_RECIPE, build_lm, train_lm
+    from .text import load_text
+    from .train import TRAIN_THREADS
+
+    data = load_text()
+    arch = {k: LM_STUDENT[k] for k in ("d_model", "n_layer", "n_head")}
+    model = build_lm(data.vocab_size, seed=0, block_size=LM_RECIPE["block_size"], **arch)
+    t = time.perf_counter()
+    train_lm(model, data, steps=PROBE_STEPS, lr=LM_STUDENT["lr"],
+             batch_size=LM_RECIPE["batch_size"], progress=False, threads=TRAIN_THREADS)
+    return time.perf_counter() - t
+
+
 def _prepare(args: argparse.Namespace) -> int:
     """Load or train, one at a time, each model that several notebooks share; print the
     seconds each took. Training pins 2 threads (qlib.train.TRAIN_THREADS): two trainings at
@@ -226,15 +250,11 @@ def _prepare(args: argparse.Namespace) -> int:
     from .distill_lm import get_lm_student
     from .evaluate import run_recipe
     from .lm import get_lm
-    from .measure import peak_flops
     from .recipes.lm_compress import STUDENT_SEEDS
-    from .train import TRAIN_THREADS, get_baseline
+    from .train import get_baseline
     progress, start = not args.no_progress, time.perf_counter()
-    # the same machine runs at different speeds on different days (a shared host): say how
-    # fast it is now, so that the seconds below can be compared between runs
-    speed = peak_flops(1024, threads=TRAIN_THREADS, repeats=20)["gflops"]
-    print(f"{speed:6.1f} GFLOP/s  this machine now (fp32 1024x1024 matmul, {TRAIN_THREADS} "
-          f"threads, as training runs)", flush=True)
+    print(f"{_speed_probe():6.1f} s  speed probe: {PROBE_STEPS} training steps of notebook 10's "
+          f"LM student (compare runs by it)", flush=True)
 
     def timed(what: str, load: Callable[[], object]) -> object:
         t = time.perf_counter()
