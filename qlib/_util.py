@@ -46,7 +46,8 @@ def set_seed(seed: int = 0) -> None:
     Introduced in notebook 00. Same seed, same numbers: every notebook starts with
     ``qlib.set_seed(0)``. The kernels are switched as ``torch.use_deterministic_algorithms
     (True, warn_only=True)`` switches them, without that function's import of torch.compile's
-    inductor (2-4 s in every kernel on 2 cores); inductor's own flag is set too when it is
+    inductor and dynamo (2-4 s on 2 cores, saved in every kernel that trains nothing: a torch
+    optimizer imports dynamo when it is built); inductor's own flag is set too when it is
     already loaded.
 
     >>> set_seed(0); a = torch.rand(2); set_seed(0); torch.equal(a, torch.rand(2))
