@@ -226,9 +226,10 @@ PROBE_STEPS = 150
 def _speed_probe() -> float:
     """Seconds for :data:`PROBE_STEPS` steps of notebook 10's LM student (its shape, the
     course LM's batches, 2 threads), trained and thrown away: a fixed piece of the work that
-    `prepare` and the notebooks do. One shared 2-core machine ran it in 5.0 s and in 11.4 s
-    on the same day, and everything else took longer in about the same proportion, so a
-    time means little without it."""
+    `prepare` and the notebooks do. One shared 2-core machine ran the same steps (timed with
+    the first step's set-up, about 2.5 s more than this probe reads) in 5.0 s and in 13.0 s on
+    the same day, and its test runs took from 17 to 28 min, so a time means little without
+    it."""
     from .distill_lm import LM_STUDENT
     from .lm import LM_RECIPE, build_lm, train_lm
     from .text import load_text
